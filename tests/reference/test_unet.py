@@ -1,0 +1,114 @@
+"""Tests of reference/unet.py: shapes at odd sizes, presets, padding, validation."""
+import pytest
+import torch
+
+from resflow_fast.reference.unet import (PRESETS, UNet, UNetConfig, build_unet, count_parameters, crop_to,
+                                         pad_to_multiple, preset_config)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_unet("test").eval()
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 6, 37, 53),   # odd, non-square: needs padding on both sides
+    (3, 6, 16, 16),   # batch > 1 at an exact multiple
+    (2, 6, 1, 9),     # a one-pixel side: replicate, not reflect
+    (1, 6, 7, 9),     # smaller than the padding multiple of larger presets
+])
+def test_output_shape_matches_input(tiny, shape):
+    with torch.no_grad():
+        out = tiny(torch.randn(shape), torch.rand(shape[0]))
+    assert out.shape == shape
+    assert torch.isfinite(out).all()
+
+
+def test_scalar_time_broadcasts(tiny):
+    z = torch.randn(2, 6, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(tiny(z, 0.5), tiny(z, torch.full((2,), 0.5)))
+
+
+def test_time_changes_the_output():
+    torch.manual_seed(0)
+    model = build_unet("test").eval()
+    for p in model.parameters():  # zero-initialised output convs would hide the time dependence
+        torch.nn.init.normal_(p, std=0.05)
+    z = torch.randn(1, 6, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(model(z, 0.1), model(z, 0.9))
+
+
+def test_batch_elements_are_independent(tiny):
+    z, t = torch.randn(3, 6, 8, 8), torch.rand(3)
+    with torch.no_grad():
+        whole = tiny(z, t)
+        single = torch.cat([tiny(z[i:i + 1], t[i:i + 1]) for i in range(3)])
+    assert torch.allclose(whole, single, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, millions", [("bench19m", 19.1), ("paper", 118.8)])
+def test_preset_sizes_match_the_anchors(name, millions):
+    model = build_unet(name)
+    assert count_parameters(model) / 1e6 == pytest.approx(millions, abs=0.05)
+
+
+def test_paper_preset_layout():
+    cfg = preset_config("paper")
+    assert (cfg.base_channels, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_downsample) == (128, (1, 1, 2, 2, 4, 4), 2, (16,))
+    assert cfg.multiple == 32 and cfg.in_channels == 6 and cfg.out_channels == 6
+
+
+def test_x_only_control_has_three_channels():
+    cfg = preset_config("test", auxiliary=False)
+    assert cfg.in_channels == cfg.out_channels == 3
+
+
+def test_every_preset_builds():
+    for name in PRESETS:
+        assert isinstance(build_unet(name), UNet)
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown U-Net preset 'huge'; choose one of test"):
+        build_unet("huge")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(base_channels=30), "not divisible into num_groups=32"),
+    (dict(channel_mult=()), "channel_mult must be non-empty"),
+    (dict(dropout=1.0), "dropout must be in"),
+    (dict(num_res_blocks=0), "num_res_blocks must be a positive integer"),
+])
+def test_bad_configs_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        UNetConfig(**kwargs)
+
+
+def test_wrong_input_channels_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match=r"expects \(B, 6, H, W\)"):
+        tiny(torch.randn(1, 3, 8, 8), 0.5)
+
+
+def test_config_round_trip():
+    cfg = preset_config("paper")
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (1, 1), (2, 3), (7, 9), (32, 32)])
+def test_pad_to_multiple_then_crop(hw):
+    x = torch.randn(1, 2, *hw)
+    padded, size = pad_to_multiple(x, 32)
+    assert padded.shape[-2] % 32 == 0 and padded.shape[-1] % 32 == 0
+    assert torch.equal(crop_to(padded, size), x)
+
+
+def test_pad_reflects():
+    x = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 2, 4)
+    padded, _ = pad_to_multiple(x, 4)  # H 2 -> 4 needs 2 rows; reflection gives 1 at a time
+    assert padded.shape == (1, 1, 4, 4)
+    x = torch.arange(3.0).view(1, 1, 1, 3).repeat(1, 1, 3, 1)
+    padded, _ = pad_to_multiple(x, 4)
+    assert padded[0, 0, 0].tolist() == [0.0, 1.0, 2.0, 1.0]
