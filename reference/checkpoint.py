@@ -1,0 +1,281 @@
+"""Checkpoints: weights in safetensors with a JSON record of config and provenance, written atomically.
+
+Two things are saved:
+
+* a **weights file** (``*.safetensors``): tensors plus, in the safetensors header metadata,
+  ``format``, ``format_version`` and ``record`` (a JSON string: U-Net config, schedule, step,
+  data, seed, versions). It is all a model needs to be rebuilt and used.
+* a **training checkpoint**, a folder ``step-00000100/`` holding ``weights.safetensors`` (keys
+  ``model.*`` and ``ema.*``), ``train_state.pt`` (optimizer and RNG states) and ``record.json``
+  (the same record, for people to read).
+
+Everything is written to a temporary name in the destination folder, fsynced and renamed, so a
+crash leaves either the old file or the new one, never half of one; the last ``keep_last``
+training checkpoints are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from .schedule import Schedule
+from .unet import UNet, UNetConfig
+
+FORMAT = "resflow-fast"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "weights.safetensors"
+TRAIN_STATE_NAME = "train_state.pt"
+RECORD_NAME = "record.json"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, from another version or for another architecture."""
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes
+# ----------------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:
+    """Create folder ``path`` atomically: ``fill`` writes into a temp folder that is then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        fill(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if path.exists():  # re-saving the same step: replace the old folder only once the new one is complete
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+# ----------------------------------------------------------------------------------------------
+# weights files
+# ----------------------------------------------------------------------------------------------
+def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+
+def weights_bytes(tensors: dict[str, torch.Tensor], record: dict) -> bytes:
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "record": json.dumps(record, sort_keys=True)}
+    return safetensors_save(_contiguous_cpu(tensors), metadata=metadata)
+
+
+def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], record: dict) -> None:
+    """Write a weights file (tensors + record in the header) atomically."""
+    atomic_write_bytes(path, weights_bytes(tensors, record))
+
+
+def _read_header_metadata(data: bytes, path: Path) -> dict:
+    # safetensors layout: 8-byte little-endian header length, then a JSON header.
+    if len(data) < 8:
+        raise CheckpointError(f"{path}: not a resflow-fast weights file (only {len(data)} bytes)")
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or 8 + n > len(data):
+        raise CheckpointError(f"{path}: not a resflow-fast weights file (bad safetensors header; truncated or another format)")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a resflow-fast weights file (unreadable header: {e})") from None
+    return header.get("__metadata__", {}) or {}
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a weights file; return (tensors, record). Validates format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    data = path.read_bytes()
+    meta = _read_header_metadata(data, path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a resflow-fast weights file (format {meta.get('format')!r}, expected {FORMAT!r})")
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format version {meta.get('format_version')!r}, this resflow-fast reads version {FORMAT_VERSION}")
+    try:
+        record = json.loads(meta["record"])
+        tensors = safetensors_load(data)
+    except (KeyError, json.JSONDecodeError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+    return tensors, record
+
+
+# ----------------------------------------------------------------------------------------------
+# models from records
+# ----------------------------------------------------------------------------------------------
+def model_from_record(record: dict) -> tuple[UNet, Schedule]:
+    try:
+        config = UNetConfig.from_dict(record["unet"])
+        schedule = Schedule.from_dict(record["schedule"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint record does not describe a resflow-fast model: {e}") from None
+    return UNet(config), schedule
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict`` with an error that says which keys and shapes disagree."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise CheckpointError(f"{where}: weights do not fit this architecture: " + "; ".join(parts))
+    module.load_state_dict(state)
+
+
+def _split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def resolve_weights_path(path: str | os.PathLike) -> Path:
+    """A weights file, a training checkpoint folder, or a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / WEIGHTS_NAME).is_file():
+            return path / WEIGHTS_NAME
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"{path}: folder holds no resflow-fast checkpoint")
+        return latest / WEIGHTS_NAME
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_model(path: str | os.PathLike, use_ema: bool = True, expected: UNetConfig | None = None
+               ) -> tuple[UNet, Schedule, dict]:
+    """Rebuild a model from a weights file or checkpoint folder; returns (model, schedule, record).
+
+    Training checkpoints hold ``model.*`` and ``ema.*``; the EMA weights are used unless
+    ``use_ema`` is False. ``expected`` refuses a checkpoint of another architecture.
+    """
+    file = resolve_weights_path(path)
+    tensors, record = load_weights(file)
+    model, schedule = model_from_record(record)
+    if expected is not None and model.config != expected:
+        raise CheckpointError(f"{file}: checkpoint is for architecture {model.config}, expected {expected}")
+    prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
+    state = _split_prefix(tensors, prefix) if any(k.startswith(prefix) for k in tensors) else tensors
+    load_state_strict(model, state, str(file))
+    return model.eval(), schedule, record
+
+
+# ----------------------------------------------------------------------------------------------
+# training checkpoints
+# ----------------------------------------------------------------------------------------------
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / WEIGHTS_NAME).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_training_checkpoint(run_dir: str | os.PathLike, step: int, model_state: dict, ema_state: dict,
+                             train_state: dict, record: dict, keep_last: int = 3) -> Path:
+    """Write ``run_dir/step-XXXXXXXX/`` atomically, then prune all but the newest ``keep_last``."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    tensors = {**{f"model.{k}": v for k, v in model_state.items()}, **{f"ema.{k}": v for k, v in ema_state.items()}}
+    payload = weights_bytes(tensors, record)  # serialise before touching the disk
+
+    def fill(tmp: Path) -> None:
+        (tmp / WEIGHTS_NAME).write_bytes(payload)
+        torch.save(train_state, tmp / TRAIN_STATE_NAME)
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    target = checkpoint_dir(run_dir, step)
+    atomic_write_dir(target, fill)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a training checkpoint folder: model/ema state dicts, train state and record."""
+    path = Path(path)
+    if not (path / WEIGHTS_NAME).is_file() or not (path / TRAIN_STATE_NAME).is_file():
+        raise CheckpointError(f"{path}: not a resflow-fast training checkpoint (needs {WEIGHTS_NAME} and {TRAIN_STATE_NAME})")
+    tensors, record = load_weights(path / WEIGHTS_NAME)
+    try:
+        train_state = torch.load(path / TRAIN_STATE_NAME, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged pickle/zip
+        raise CheckpointError(f"{path / TRAIN_STATE_NAME}: corrupt training state ({type(e).__name__}: {e})") from None
+    return {"model": _split_prefix(tensors, "model."), "ema": _split_prefix(tensors, "ema."),
+            "train_state": train_state, "record": record, "path": path}
+
+
+def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True) -> Path:
+    """Write an inference-only weights file (EMA weights by default) from a training checkpoint."""
+    model, _, record = load_model(checkpoint, use_ema=use_ema)
+    record = dict(record, exported_from=str(checkpoint), weights="ema" if use_ema else "model")
+    save_weights(out, model.state_dict(), record)
+    return Path(out)

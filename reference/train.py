@@ -1,0 +1,331 @@
+"""The ResFlow trainer: velocity matching with Adam, EMA, gradient clipping and bf16 autocast on CUDA.
+
+One process, or several under ``torchrun`` (DistributedDataParallel: nccl on GPUs, gloo on CPUs).
+
+Every random draw of a step is a pure function of ``(seed, step, rank)``: the training pairs come
+from stateless-indexed datasets (``reference.data``) and t, eps from a generator seeded per step.
+Together with the saved optimizer, EMA and global RNG states this makes ``resume`` continue
+exactly as if the run had never stopped (bitwise on CPU).
+"""
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import (CheckpointError, atomic_write_bytes, latest_checkpoint, load_state_strict, load_training_checkpoint,
+                         save_training_checkpoint)
+from .data import build_dataset, validation_set
+from .losses import velocity_matching_loss
+from .metrics import psnr
+from .sampler import euler_sample
+from .schedule import Schedule
+from .unet import UNet, count_parameters, preset_config
+
+RECORD_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (recorded in every checkpoint)."""
+
+    preset: str = "test"
+    schedule: str = "entropy_preserving"
+    beta: float = 10.0
+    gamma: float = 1.75
+    image_channels: int = 3
+    dropout: float = 0.0
+    data: str = "procedural"          # "procedural", a folder of clean images, or a folder with lq/ and hq/
+    degradation: str | None = "noise"  # see reference.degradations.parse_degradation; None for paired data
+    crop: int = 64
+    batch_size: int = 8                # per process
+    steps: int = 1000
+    lr: float = 2e-4
+    warmup_steps: int = 0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    out_dir: str = "runs/resflow"
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    val_every: int = 500
+    val_images: int = 4
+    val_steps: int = 4
+    max_minutes: float | None = None   # stop (and checkpoint) after this much wall time
+    num_workers: int = 0
+    device: str = "auto"
+    amp: bool = True                   # bf16 autocast on CUDA; ignored on CPU
+
+    def __post_init__(self) -> None:
+        positive = ("image_channels", "crop", "batch_size", "steps", "checkpoint_every", "keep_last",
+                    "val_every", "val_images", "val_steps")
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip must be positive (or None), got {self.grad_clip!r}")
+        if self.warmup_steps < 0 or self.num_workers < 0:
+            raise ValueError("TrainConfig.warmup_steps and num_workers must not be negative")
+        Schedule(self.schedule, self.beta, self.gamma)  # validates the schedule name and constants
+        preset_config(self.preset, self.image_channels, dropout=self.dropout)  # validates the preset
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed helpers: plain torch.distributed, started by torchrun
+# ----------------------------------------------------------------------------------------------
+def _world() -> tuple[int, int, int]:
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested but CUDA is not available")
+    return device
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("resflow-fast")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, step, rank)."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state))
+
+
+class Trainer:
+    """Trains a reference U-Net on ResFlow's velocity-matching objective.
+
+    ``trainer.fit()`` runs to ``config.steps``; ``Trainer(config, resume=True)`` continues the
+    latest checkpoint in ``config.out_dir`` (or ``resume=path`` a given one).
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool | str | os.PathLike = False, progress: bool = True):
+        self.config = config
+        self.rank, self.world_size, local_rank = _world()
+        self.device = _pick_device(config.device, local_rank)
+        if self.world_size > 1 and not dist.is_initialized():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.progress = progress and self.rank == 0
+        self.schedule = Schedule(config.schedule, config.beta, config.gamma)
+        self.unet_config = preset_config(config.preset, config.image_channels, self.schedule.has_auxiliary,
+                                         dropout=config.dropout)
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.model = UNet(self.unet_config).to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.dataset = build_dataset(config.data, config.degradation, config.crop, config.seed,
+                                     channels=config.image_channels)
+        self.step = 0
+        self.history: list[dict] = []
+        self.net = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    if self.world_size > 1 else self.model)
+        self._val: tuple[torch.Tensor, torch.Tensor] | None = None
+        if resume:
+            path = latest_checkpoint(config.out_dir) if resume is True else Path(resume)
+            if path is None:
+                raise CheckpointError(f"--resume: no checkpoint found in {config.out_dir}")
+            self.load(path)
+
+    # -- one step -------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        if self.config.warmup_steps and step < self.config.warmup_steps:
+            return self.config.lr * (step + 1) / self.config.warmup_steps
+        return self.config.lr
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hq, lq) of this rank for ``step``: dataset indices disjoint across steps and ranks."""
+        B = self.config.batch_size
+        first = (step * self.world_size + self.rank) * B
+        pairs = [self.dataset.sample(first + j) for j in range(B)]
+        hq = torch.stack([p[0] for p in pairs]).to(self.device, non_blocking=True)
+        lq = torch.stack([p[1] for p in pairs]).to(self.device, non_blocking=True)
+        return hq, lq
+
+    def train_step(self) -> float:
+        cfg = self.config
+        hq, lq = self.batch(self.step)
+        gen = _step_generator(cfg.seed, self.step, self.rank)
+        t = torch.rand(hq.shape[0], generator=gen).to(self.device)
+        eps = torch.randn(hq.shape, generator=gen).to(self.device) if self.schedule.has_auxiliary else None
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+
+        self.model.train()
+        use_amp = cfg.amp and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = velocity_matching_loss(self.net, hq, lq, t, eps, self.schedule)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.update_ema()
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        # Warm-up of the decay ((1 + n) / (10 + n)) keeps short runs from averaging in the random init.
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    # -- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """PSNR of the EMA model's restoration (through the sampler) and of the degraded input."""
+        if self._val is None:
+            hq, lq = validation_set(self.dataset, self.config.val_images, self.config.seed)
+            self._val = (hq.to(self.device), lq.to(self.device))
+        hq, lq = self._val
+        restored = euler_sample(self.ema, lq, steps=self.config.val_steps, seed=self.config.seed, schedule=self.schedule)
+        return {"step": self.step, "psnr_restored": psnr(restored, hq), "psnr_input": psnr(lq, hq)}
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def record(self) -> dict:
+        return {
+            "record_version": RECORD_VERSION,
+            "package": "resflow-fast",
+            "package_version": _package_version(),
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "step": self.step,
+            "preset": self.config.preset,
+            "unet": self.unet_config.to_dict(),
+            "schedule": self.schedule.to_dict(),
+            "train": asdict(self.config),
+            "data": self.dataset.describe(),
+            "seed": self.config.seed,
+            "world_size": self.world_size,
+            "parameters": count_parameters(self.model),
+            "history": self.history[-20:],
+        }
+
+    def train_state(self) -> dict:
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save(self) -> Path | None:
+        """Rank 0 writes the checkpoint; the others wait for it."""
+        path = None
+        if self.rank == 0:
+            path = save_training_checkpoint(self.config.out_dir, self.step, self.model.state_dict(),
+                                            self.ema.state_dict(), self.train_state(), self.record(),
+                                            keep_last=self.config.keep_last)
+        if self.world_size > 1:
+            dist.barrier()
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        ckpt = load_training_checkpoint(path)
+        record = ckpt["record"]
+        saved = TrainConfig.from_dict(record.get("train", {}))
+        # Only settings that change the model or its objective must match; the step budget,
+        # logging and output settings may change on resume.
+        for name in ("preset", "schedule", "beta", "gamma", "image_channels", "dropout"):
+            if getattr(saved, name) != getattr(self.config, name):
+                raise CheckpointError(f"{path}: checkpoint was trained with {name}={getattr(saved, name)!r}, "
+                                      f"this run asks for {name}={getattr(self.config, name)!r}")
+        load_state_strict(self.model, ckpt["model"], str(path))
+        load_state_strict(self.ema, ckpt["ema"], str(path))
+        state = ckpt["train_state"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step = int(state["step"])
+        self.history = list(record.get("history", []))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to ``config.steps`` (or ``max_minutes``); checkpoint and validate on schedule."""
+        cfg = self.config
+        start = time.monotonic()
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        last_saved, loss = None, float("nan")
+        try:
+            while self.step < cfg.steps:
+                loss = self.train_step()
+                out_of_time = cfg.max_minutes is not None and time.monotonic() - start > 60 * cfg.max_minutes
+                if self.world_size > 1 and cfg.max_minutes is not None:
+                    # every rank must stop at the same step, or DDP hangs in the next all-reduce
+                    flag = torch.tensor([float(out_of_time)], device=self.device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    out_of_time = bool(flag.item())
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if self.step % cfg.val_every == 0 and self.rank == 0:
+                    self.history.append(dict(self.validate(), loss=loss))
+                    if bar is not None:
+                        h = self.history[-1]
+                        bar.write(f"step {h['step']}: val PSNR {h['psnr_restored']:.2f} dB (input {h['psnr_input']:.2f} dB)")
+                if self.step % cfg.checkpoint_every == 0:
+                    last_saved = self.save()
+                if out_of_time:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.rank == 0 and (not self.history or self.history[-1]["step"] != self.step):
+            self.history.append(dict(self.validate(), loss=loss))
+        if last_saved is None or self.step % cfg.checkpoint_every:
+            last_saved = self.save()
+        return {"step": self.step, "checkpoint": str(last_saved) if last_saved else None,
+                "validation": self.history[-1] if self.history else None}
+
+    def close(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(config: TrainConfig, resume: bool | str = False, progress: bool = True) -> dict:
+    """Train (or resume) a model; returns the final step, checkpoint path and validation."""
+    trainer = Trainer(config, resume=resume, progress=progress)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    if trainer.rank == 0:
+        atomic_write_bytes(Path(config.out_dir) / "history.json", (json.dumps(trainer.history, indent=2) + "\n").encode())
+    return result

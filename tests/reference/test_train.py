@@ -1,0 +1,147 @@
+"""Tests of reference/train.py: learning, exact resume, DDP under torchrun, bad input."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+
+from resflow_fast.reference.checkpoint import CheckpointError, latest_checkpoint, load_model
+from resflow_fast.reference.data import DataError, build_dataset, validation_set
+from resflow_fast.reference.metrics import psnr
+from resflow_fast.reference.sampler import euler_sample
+from resflow_fast.reference.train import TrainConfig, Trainer, train
+
+
+def _tiny(tmp_path, **kw):
+    base = dict(preset="test", crop=16, batch_size=2, steps=6, lr=1e-3, out_dir=str(tmp_path / "run"),
+                checkpoint_every=1000, val_every=1000, val_images=1, degradation="noise:25", dropout=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.slow
+def test_learning_works_on_procedural_noise(tmp_path):
+    """A test-sized model, a few hundred steps on dead-leaves crops with sigma 25/255 noise,
+    restores held-out images (another seed, another size) at least 3 dB above the noisy input."""
+    config = TrainConfig(preset="test", crop=32, batch_size=8, steps=400, lr=2e-3, warmup_steps=20,
+                         degradation="noise:25", out_dir=str(tmp_path / "run"), checkpoint_every=10**6,
+                         val_every=10**6, seed=0)
+    result = train(config, progress=False)
+    model, schedule, _ = load_model(result["checkpoint"])  # the EMA weights, as restore would use them
+    held_out = build_dataset("procedural", "noise:25", 64, seed=12345)
+    hq, lq = validation_set(held_out, 4, seed=12345)
+    restored = euler_sample(model, lq, steps=4, seed=0, schedule=schedule)
+    gain = psnr(restored, hq) - psnr(lq, hq)
+    assert gain >= 3.0, f"restoration gained only {gain:.2f} dB over the noisy input"
+
+
+def _weights(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    straight = Trainer(_tiny(tmp_path / "a", steps=6), progress=False)
+    straight.fit()
+
+    first = Trainer(_tiny(tmp_path / "b", steps=3), progress=False)
+    first.fit()  # saves step 3 on the way out
+    assert latest_checkpoint(tmp_path / "b" / "run").name == "step-00000003"
+    torch.manual_seed(999)  # whatever the process did in between must not matter
+    second = Trainer(_tiny(tmp_path / "b", steps=6), resume=True, progress=False)
+    assert second.step == 3
+    second.fit()
+
+    for name in ("model", "ema"):
+        a, b = _weights(getattr(straight, name)), _weights(getattr(second, name))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} weights differ after resume"
+    sa, sb = straight.optimizer.state_dict()["state"], second.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_checkpoint_records_config_and_provenance(tmp_path):
+    result = train(_tiny(tmp_path, steps=2), progress=False)
+    _, _, record = load_model(result["checkpoint"])
+    assert record["step"] == 2 and record["preset"] == "test" and record["seed"] == 0
+    assert record["schedule"]["name"] == "entropy_preserving"
+    assert record["data"]["kind"] and record["train"]["degradation"] == "noise:25"
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["step"] == 2
+
+
+def test_max_minutes_stops_and_checkpoints(tmp_path):
+    result = train(_tiny(tmp_path, steps=10**6, max_minutes=1e-9), progress=False)
+    assert result["step"] == 1 and latest_checkpoint(tmp_path / "run").name == "step-00000001"
+
+
+def test_resume_refuses_another_model(tmp_path):
+    train(_tiny(tmp_path, steps=1), progress=False)
+    with pytest.raises(CheckpointError, match="trained with preset='test', this run asks for preset='default'"):
+        Trainer(_tiny(tmp_path, preset="default", steps=2), resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        Trainer(_tiny(tmp_path / "empty", steps=2), resume=True, progress=False)
+
+
+def test_bad_configs_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown U-Net preset 'huge'"):
+        _tiny(tmp_path, preset="huge")
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+        _tiny(tmp_path, schedule="cosine")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        _tiny(tmp_path, batch_size=0)
+
+
+def test_empty_data_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(DataError, match="photos"):
+        Trainer(_tiny(tmp_path, data=str(tmp_path / "photos")), progress=False)
+    assert not (tmp_path / "run").exists(), "nothing may be written for a run that cannot start"
+
+
+def test_paired_data_of_different_sizes_is_a_clear_error(tmp_path):
+    for sub, size in (("hq", (20, 20)), ("lq", (24, 20))):
+        (tmp_path / "pairs" / sub).mkdir(parents=True)
+        Image.new("RGB", size).save(tmp_path / "pairs" / sub / "a.png")
+    trainer = Trainer(_tiny(tmp_path, data=str(tmp_path / "pairs"), degradation=None), progress=False)
+    with pytest.raises(DataError, match="a.png"):
+        trainer.train_step()
+
+
+def test_x_only_and_ablation_schedules_train(tmp_path):
+    for name in ("x_only", "linear", "constant"):
+        result = train(_tiny(tmp_path / name, schedule=name, steps=1), progress=False)
+        model, schedule, _ = load_model(result["checkpoint"])
+        assert schedule.name == name
+        assert model.config.in_channels == (3 if name == "x_only" else 6)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import hashlib, os, sys, torch
+    from resflow_fast.reference.train import TrainConfig, Trainer
+    out = sys.argv[1]
+    cfg = TrainConfig(preset="test", crop=16, batch_size=2, steps=3, lr=1e-3, out_dir=out + "/run",
+                      checkpoint_every=1000, val_every=1000, val_images=1, degradation="noise:25", device="cpu")
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in trainer.model.state_dict().values())).hexdigest()
+    with open(f"{out}/rank{trainer.rank}.txt", "w") as f:
+        f.write(f"{trainer.world_size} {trainer.step} {digest}")
+    trainer.close()
+""")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert ranks[0][:2] == ["2", "3"] and ranks[1][:2] == ["2", "3"]
+    assert ranks[0][2] == ranks[1][2], "ranks ended with different weights"
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000003"
