@@ -1,0 +1,13 @@
+"""resflow-fast: ResFlow image restoration (Reversing Flow for Image Restoration, CVPR 2025).
+
+Layers, one direction of dependency: ``resflow_fast.reference`` (the plain-PyTorch spec) ->
+``resflow_fast.kernels`` (Triton) -> ``resflow_fast`` (public API, CLI).
+"""
+import importlib.metadata as _metadata
+
+try:
+    __version__ = _metadata.version("resflow-fast")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]
