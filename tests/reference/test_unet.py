@@ -112,3 +112,13 @@ def test_pad_reflects():
     x = torch.arange(3.0).view(1, 1, 1, 3).repeat(1, 1, 3, 1)
     padded, _ = pad_to_multiple(x, 4)
     assert padded[0, 0, 0].tolist() == [0.0, 1.0, 2.0, 1.0]
+
+
+def test_attention_preset_at_odd_size():
+    # "default" has attention at 1/8 and in the middle block, unlike the test preset
+    torch.manual_seed(0)
+    model = build_unet("default").eval()
+    assert any(s.attn is not None for s in model.down) and model.middle[0].attn is not None
+    with torch.no_grad():
+        out = model(torch.randn(2, 6, 37, 53), torch.rand(2))
+    assert out.shape == (2, 6, 37, 53) and torch.isfinite(out).all()
