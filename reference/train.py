@@ -18,6 +18,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -127,8 +128,12 @@ class Trainer:
     latest checkpoint in ``config.out_dir`` (or ``resume=path`` a given one).
     """
 
-    def __init__(self, config: TrainConfig, resume: bool | str | os.PathLike = False, progress: bool = True):
+    def __init__(self, config: TrainConfig, resume: bool | str | os.PathLike = False, progress: bool = True,
+                 loss_fn: Callable = velocity_matching_loss, sample_fn: Callable = euler_sample):
         self.config = config
+        # Injected so the fast package can train with its fused loss and validate with its fast
+        # sampler without the reference importing upward; both keep the reference signatures.
+        self.loss_fn, self.sample_fn = loss_fn, sample_fn
         self.rank, self.world_size, local_rank = _world()
         self.device = _pick_device(config.device, local_rank)
         if self.world_size > 1 and not dist.is_initialized():
@@ -184,7 +189,7 @@ class Trainer:
         self.model.train()
         use_amp = cfg.amp and self.device.type == "cuda"
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = velocity_matching_loss(self.net, hq, lq, t, eps, self.schedule)
+            loss = self.loss_fn(self.net, hq, lq, t, eps, self.schedule)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -211,7 +216,7 @@ class Trainer:
             hq, lq = validation_set(self.dataset, self.config.val_images, self.config.seed)
             self._val = (hq.to(self.device), lq.to(self.device))
         hq, lq = self._val
-        restored = euler_sample(self.ema, lq, steps=self.config.val_steps, seed=self.config.seed, schedule=self.schedule)
+        restored = self.sample_fn(self.ema, lq, steps=self.config.val_steps, seed=self.config.seed, schedule=self.schedule)
         return {"step": self.step, "psnr_restored": psnr(restored, hq), "psnr_input": psnr(lq, hq)}
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -319,9 +324,10 @@ class Trainer:
             dist.destroy_process_group()
 
 
-def train(config: TrainConfig, resume: bool | str = False, progress: bool = True) -> dict:
-    """Train (or resume) a model; returns the final step, checkpoint path and validation."""
-    trainer = Trainer(config, resume=resume, progress=progress)
+def train(config: TrainConfig, resume: bool | str = False, progress: bool = True, **hooks) -> dict:
+    """Train (or resume) a model; returns the final step, checkpoint path and validation.
+    ``hooks`` are passed to :class:`Trainer` (``loss_fn``, ``sample_fn``)."""
+    trainer = Trainer(config, resume=resume, progress=progress, **hooks)
     try:
         result = trainer.fit()
     finally:
