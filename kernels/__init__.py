@@ -1,0 +1,31 @@
+"""Fused Triton kernels for ResFlow (``resflow_fast.kernels``).
+
+Each op lives in one file with its kernels, a validating launcher, a ``torch.library`` registration
+(``torch.ops.resflow_fast.*``, so ``torch.compile`` traces through without a graph break) and a
+pure-torch ``*_reference`` twin that is the CPU path and the test oracle. The twins run instead of
+the kernels when Triton is missing, the tensors are on CPU without ``TRITON_INTERPRET=1``, or
+``RESFLOW_DISABLE_TRITON=1`` is set (see ``_runtime.py``).
+"""
+from ._runtime import triton_available, use_triton
+from .euler_step import euler_step, euler_step_reference, exact_y_scale
+from .group_norm_modulate_silu import group_norm_modulate_silu, group_norm_modulate_silu_reference
+from .velocity_loss import (
+    training_input,
+    training_input_reference,
+    weighted_velocity_loss,
+    weighted_velocity_loss_reference,
+)
+
+__all__ = [
+    "group_norm_modulate_silu",
+    "group_norm_modulate_silu_reference",
+    "euler_step",
+    "euler_step_reference",
+    "exact_y_scale",
+    "training_input",
+    "training_input_reference",
+    "weighted_velocity_loss",
+    "weighted_velocity_loss_reference",
+    "triton_available",
+    "use_triton",
+]
