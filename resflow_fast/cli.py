@@ -67,7 +67,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.degradation == "none":
         overrides["degradation"] = None
     config = TrainConfig(**overrides)
-    result = train(config, resume=args.resume if args.resume is not None else False, progress=not args.quiet)
+    from .training import trainer_hooks
+
+    device = _device(config.device) if config.device == "auto" else torch.device(config.device)
+    result = train(config, resume=args.resume if args.resume is not None else False, progress=not args.quiet,
+                   **trainer_hooks(device))
     if int(os.environ.get("RANK", 0)) == 0:
         v = result["validation"]
         msg = f"trained to step {result['step']}; checkpoint {result['checkpoint']}"
@@ -122,8 +126,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = TrainConfig(preset="test", data="procedural", degradation=f"noise:{args.sigma}", crop=48, batch_size=8,
-                         steps=100000, lr=1e-3, warmup_steps=20, max_minutes=args.minutes, checkpoint_every=100000,
+    config = TrainConfig(preset="test", data="procedural", degradation=f"noise:{args.sigma}", crop=32, batch_size=8,
+                         steps=100000, lr=2e-3, warmup_steps=20, max_minutes=args.minutes, checkpoint_every=100000,
                          val_every=100000, val_images=2, seed=args.seed, out_dir=str(out / "run"), device=args.device)
     result = train(config, progress=not args.quiet)
     model, schedule, _ = load_model(result["checkpoint"])

@@ -1,0 +1,165 @@
+"""``ResFlowSampler``: the 4-step (any N) ResFlow sampler over the fast U-Net and the fused Euler step.
+
+Same algorithm, same arguments and same results (up to the activation dtype) as the reference
+:func:`resflow_fast.reference.sampler.euler_sample`:
+
+    x = LQ, y = sigma_y(1) * eps;   z <- z - (1/N) * v_theta(z, t_k),  t_k = 1 - k/N
+
+but on a GPU each step is one fast U-Net forward (bf16, channels-last, fused norms) plus one
+fused :func:`euler_step` that updates the fp32 state x, y and writes the next bf16 network input
+in the same pass. Optionally the whole N-step restore is captured as one CUDA graph per input
+shape, which removes the launch overhead of the ~hundreds of small kernels per step.
+
+On the CPU it falls back to the reference sampler (the same results, in fp32), so it is a
+drop-in for validation inside any training loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .fast_unet import FastUNet
+from .kernels import euler_step
+from .kernels.euler_step import exact_y_scale
+from .reference.sampler import Y_MODES, auxiliary_noise, euler_sample
+from .reference.schedule import Schedule, time_grid
+from .reference.unet import UNet, crop_to, pad_to_multiple
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that have it, else fp16 on CUDA, fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+@dataclass
+class _Graph:
+    graph: "torch.cuda.CUDAGraph"
+    lq: torch.Tensor
+    eps: torch.Tensor | None
+    out: torch.Tensor
+    memory_bytes: int
+
+
+class ResFlowSampler:
+    """Fast ResFlow sampler over a reference :class:`UNet` (its parameters are used in place).
+
+    Args:
+        model: the reference U-Net; a model in training may be passed, its current weights are used.
+        schedule: the schedule it was trained with (default: entropy-preserving).
+        steps: Euler steps (4 in the paper).
+        dtype: activation dtype of the fast path; None picks :func:`default_dtype`.
+        y_mode: "joint" (y moved by the network) or "exact" (y moved along the schedule).
+        cuda_graphs: capture the whole restore as one CUDA graph per input shape (GPU only).
+        fast: None = the fast path on CUDA tensors, the reference elsewhere; True forces the fast
+            path (on the CPU it runs the kernels' twins, or the Triton interpreter when enabled).
+    """
+
+    def __init__(self, model: UNet, schedule: Schedule | None = None, steps: int = 4, dtype: torch.dtype | None = None,
+                 y_mode: str = "joint", cuda_graphs: bool = False, fast: bool | None = None):
+        if not isinstance(model, UNet):
+            raise TypeError(f"ResFlowSampler needs a reference UNet, got {type(model).__name__}")
+        if y_mode not in Y_MODES:
+            raise ValueError(f"unknown y_mode {y_mode!r}; choose one of {', '.join(Y_MODES)}")
+        self.model = model
+        self.schedule = schedule or Schedule()
+        self.grid = time_grid(steps)
+        self.steps = steps
+        self.dtype = dtype
+        self.y_mode = y_mode
+        self.cuda_graphs = cuda_graphs
+        self.fast = fast
+        self._graphs: dict[tuple, _Graph] = {}
+        self._time_tensors: dict[str, torch.Tensor] = {}
+
+    # -- public ----------------------------------------------------------------------------------
+    def __call__(self, lq: torch.Tensor, seed: int = 0, eps: torch.Tensor | None = None, clamp: bool = True) -> torch.Tensor:
+        """Restore ``lq`` (B, C, H, W) in [-1, 1]; returns fp32 x at t = 0 on lq's device."""
+        if lq.ndim != 4:
+            raise ValueError(f"lq must be (B, C, H, W), got shape {tuple(lq.shape)}")
+        expected = self.model.config.in_channels // (2 if self.schedule.has_auxiliary else 1)
+        if lq.shape[1] != expected:
+            raise ValueError(f"lq has {lq.shape[1]} channels, the model restores {expected}-channel images")
+        use_fast = self.fast if self.fast is not None else lq.is_cuda
+        if not use_fast:
+            return euler_sample(self.model, lq, steps=self.steps, seed=seed, schedule=self.schedule,
+                                y_mode=self.y_mode, eps=eps, clamp=clamp)
+        if self.schedule.has_auxiliary:
+            eps = auxiliary_noise(tuple(lq.shape), seed) if eps is None else eps
+            if eps.shape != lq.shape:
+                raise ValueError(f"eps has shape {tuple(eps.shape)}, expected {tuple(lq.shape)}")
+            eps = eps.to(lq.device, torch.float32)
+        if self.cuda_graphs and lq.is_cuda:
+            return self._replay(lq, eps, clamp)
+        return self._restore(lq.float(), eps, clamp)
+
+    def graph_memory_bytes(self) -> dict[tuple, int]:
+        """GPU memory held by each captured graph's pool, keyed by (shape, dtype, clamp)."""
+        return {k: g.memory_bytes for k, g in self._graphs.items()}
+
+    def clear_graphs(self) -> None:
+        self._graphs.clear()
+
+    # -- the fast path ---------------------------------------------------------------------------
+    def _times(self, device: torch.device) -> torch.Tensor:
+        """The step times t_0..t_{N-1} on ``device``, made once (never inside a graph capture)."""
+        key = str(device)
+        if key not in self._time_tensors:
+            self._time_tensors[key] = torch.tensor(self.grid[:-1], dtype=torch.float32, device=device)
+        return self._time_tensors[key]
+
+    def _restore(self, lq: torch.Tensor, eps: torch.Tensor | None, clamp: bool) -> torch.Tensor:
+        dtype = self.dtype or default_dtype(lq.device)
+        net = FastUNet(self.model, dtype)
+        C = lq.shape[1]
+        # The fp32 state is kept channels-last like v and the network input: the fused Euler step
+        # streams all of them with one index order (measured on an H200: 71% of copy bandwidth
+        # all-NHWC, 30% with NCHW state and NHWC network tensors).
+        cl = torch.channels_last
+        if self.schedule.has_auxiliary:
+            z, size = pad_to_multiple(torch.cat([lq, self.schedule.y_t(eps, self.grid[0])], dim=1), net.multiple)
+            x, y = z[:, :C].contiguous(memory_format=cl), z[:, C:].contiguous(memory_format=cl)
+        else:
+            z, size = pad_to_multiple(lq, net.multiple)
+            x, y = z.contiguous(memory_format=cl), None
+        conditioning = net.prepare(self._times(lq.device), lq.shape[0])
+        z_in = z.to(dtype).contiguous(memory_format=torch.channels_last)  # the network input, rewritten each step
+        for k in range(self.steps):
+            t, t_next = self.grid[k], self.grid[k + 1]
+            v = net(z_in, conditioning[k])
+            y_scale = exact_y_scale(self.schedule, t, t_next) if (y is not None and self.y_mode == "exact") else None
+            euler_step(x, y, v, t - t_next, inplace=True, next_input=z_in, y_scale=y_scale)
+        x = crop_to(x, size)
+        return (x.clamp(-1.0, 1.0) if clamp else x).contiguous()
+
+    def _replay(self, lq: torch.Tensor, eps: torch.Tensor | None, clamp: bool) -> torch.Tensor:
+        key = (tuple(lq.shape), str(lq.device), clamp, self.dtype)
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._capture(lq, eps, clamp)
+            self._graphs[key] = g
+        g.lq.copy_(lq)
+        if eps is not None:
+            g.eps.copy_(eps)
+        g.graph.replay()
+        return g.out.clone()
+
+    def _capture(self, lq: torch.Tensor, eps: torch.Tensor | None, clamp: bool) -> _Graph:
+        static_lq = lq.detach().float().clone()
+        static_eps = eps.detach().clone() if eps is not None else None
+        # Warm up on a side stream (autotuning, cuDNN plan selection, allocator) before capture.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._restore(static_lq, static_eps, clamp)
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_reserved(lq.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._restore(static_lq, static_eps, clamp)
+        torch.cuda.synchronize()
+        return _Graph(graph, static_lq, static_eps, out, torch.cuda.memory_reserved(lq.device) - before)

@@ -1,0 +1,77 @@
+"""Tests of resflow_fast/cli.py: the commands work, and bad input is one clear line, no traceback."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resflow_fast.cli import main
+
+TINY_TRAIN = ["train", "--preset", "test", "--crop", "16", "--batch-size", "2", "--steps", "2",
+              "--val-images", "1", "--quiet", "--degradation", "noise:25"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(TINY_TRAIN + ["--out-dir", str(out)]) == 0
+    return out
+
+
+def test_train_writes_a_checkpoint(run_dir, capsys):
+    assert (run_dir / "step-00000002" / "weights.safetensors").is_file()
+    assert (run_dir / "history.json").is_file()
+
+
+def test_resume_continues(run_dir, capsys):
+    args = [a if a != "2" else "3" for a in TINY_TRAIN]  # --steps 2 -> 3 (the batch size is 2 too)
+    args[args.index("--batch-size") + 1] = "2"
+    assert main(args + ["--out-dir", str(run_dir), "--resume"]) == 0
+    assert "trained to step 3" in capsys.readouterr().out
+
+
+def test_restore_and_export(run_dir, tmp_path, capsys):
+    Image.fromarray((np.random.default_rng(0).random((13, 17, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(run_dir)]) == 0
+    assert Image.open(tmp_path / "out.png").size == (17, 13)
+    assert main(["export", str(run_dir), str(tmp_path / "m.safetensors")]) == 0
+    assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out2.png"),
+                 "--model", str(tmp_path / "m.safetensors")]) == 0
+
+
+def test_one_bad_file_does_not_stop_the_others(run_dir, tmp_path, capsys):
+    Image.new("RGB", (9, 9)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "out").mkdir()
+    code = main(["restore", str(tmp_path / "bad.png"), str(tmp_path / "good.png"), "-o", str(tmp_path / "out"),
+                 "--model", str(run_dir)])
+    assert code == 1
+    assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / "bad.png").exists()
+    assert "bad.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda p: ["restore", str(p / "x.png"), "-o", str(p / "o.png"), "--model", str(p / "garbage.safetensors")],
+     "not a resflow-fast weights file"),
+    (lambda p: ["restore", str(p / "x.png"), "-o", str(p / "o.png")], "--model is required"),
+    (lambda p: ["train", "--data", str(p / "empty"), "--out-dir", str(p / "run"), "--quiet"], "empty"),
+    (lambda p: ["train", "--degradation", "noise:999", "--out-dir", str(p / "run"), "--quiet"], "noise:999"),
+    (lambda p: ["train", "--out-dir", str(p / "run"), "--resume", "--quiet"], "no checkpoint found"),
+    (lambda p: ["export", str(p / "nothing"), str(p / "m.safetensors")], "checkpoint not found"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, make_args, message):
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "resflow_fast", *make_args(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr and proc.stderr.startswith("resflow: error:")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "m.safetensors").exists()
+
+
+def test_unknown_preset_is_refused_by_the_parser(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "resflow_fast", "train", "--preset", "huge"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "invalid choice: 'huge'" in proc.stderr and "Traceback" not in proc.stderr
