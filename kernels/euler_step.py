@@ -20,10 +20,11 @@ that input's dtype and layout, so the sampler needs no separate cat/cast pass.
 Every tensor may be dense NCHW or NHWC independently; the kernel walks memory in x's layout and
 recovers (channel, pixel) of each element to address the others. H*W is a runtime argument.
 
-Measured (H200, torch 2.11, Triton 3.6, 1x6x2048^2, bf16 v and next input, in place): 88% of the
-copy bandwidth when state and network tensors are all NCHW, 71% all NHWC, 30% with NCHW state and
-NHWC network tensors (the strided accesses are not coalesced). Keep the state in the network's
-layout, or extend the kernel to 2-D tiles, before relying on mixed layouts.
+Preliminary timing (one H200, torch 2.11.0, Triton 3.6.0, 2026-11-26, 1x6x2048^2, bf16 v and next
+input, in place; an ad-hoc script of a development session, not kept: rerun with
+``benchmarks/gpu_check.py``): 88% of the copy bandwidth with state and network tensors all NCHW, 71%
+all NHWC, 30% with NCHW state and NHWC network tensors (the strided accesses are not coalesced).
+So the sampler keeps the state in the network's layout; mixed layouts would want 2-D tiles.
 """
 import math
 from typing import Optional

@@ -34,8 +34,9 @@ The output has the input's layout.
 Inference only: when autograd would record through any input, :func:`group_norm_modulate_silu`
 returns the differentiable twin :func:`group_norm_modulate_silu_reference` instead.
 
-Measured (H200, torch 2.11, Triton 3.6, bf16 NHWC, through the public function, so including
-about 50 us of host-side launch overhead for three launches): 1x128x512^2 137 us (torch.compile of
+Preliminary timing (one H200, torch 2.11.0, Triton 3.6.0, 2026-11-26, bf16 NHWC, through the public
+function, so including about 50 us of host-side launch overhead for three launches; an ad-hoc script
+of a development session, not kept: rerun with ``benchmarks/gpu_check.py``): 1x128x512^2 137 us (torch.compile of
 the formula 153 us); 1x64x2048^2 525 us (4042 us); 4x256x256^2 166 us (1025 us). The kernels
 alone take about 37 + 11 + 38 us at 1x128x512^2: the statistics pass reaches only ~1.8 TB/s there
 and is the next thing to tune (the issue asks for <= 60 us).
