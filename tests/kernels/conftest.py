@@ -1,20 +1,16 @@
 """Shared setup for the kernel tests.
 
 ``TRITON_INTERPRET=1`` must be in the environment before anything imports triton, so on a machine
-without a GPU it is set here, at conftest import (as ``tests/conftest.py`` does for the whole
-suite), unless the caller chose a value. Under the interpreter the Triton kernels run on CPU
-tensors: that is what CI without a GPU tests, and the CUDA tests skip. On a GPU machine the compiled
+without a GPU ``tests/conftest.py`` sets it for the whole suite, unless the caller chose a value.
+Under the interpreter the Triton kernels run on CPU tensors: that is what CI without a GPU tests,
+and the CUDA tests skip. On a GPU machine the compiled
 kernels are tested and the interpreter-only tests skip; ``TRITON_INTERPRET=1 pytest tests/kernels``
 runs the interpreter tests there too.
 """
 import os
 
+import pytest
 import torch
-
-if not torch.cuda.is_available():  # torch.cuda does not import triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
 
 # One table of tolerances per dtype, for a kernel's output against its fp32 twin fed the same
 # (already rounded) inputs. fp32: reduction order only. bf16 / fp16: one rounding of the output

@@ -9,15 +9,9 @@ from resflow_fast.reference.schedule import Schedule
 
 euler_module = importlib.import_module("resflow_fast.kernels.euler_step")
 
-INTERPRET = _runtime.interpreter_enabled()
-interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
-_skip_without_cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET,
-                                        reason="needs a CUDA GPU and TRITON_INTERPRET unset (compiled kernels)")
-
-
-def cuda_only(test):
-    """Compiled-kernel tests: marked ``cuda`` (pytest.ini) and skipped without a GPU."""
-    return pytest.mark.cuda(_skip_without_cuda(test))
+# skipped where they cannot run by the hook in tests/conftest.py
+interpreter_only = pytest.mark.interpreter_only
+cuda_only = pytest.mark.cuda
 
 SHAPES = [
     pytest.param((1, 3, 3, 5), id="tiny-3x5-batch1"),

@@ -14,15 +14,9 @@ from resflow_fast.kernels import _runtime, group_norm_modulate_silu, group_norm_
 
 gn_module = importlib.import_module("resflow_fast.kernels.group_norm_modulate_silu")
 
-INTERPRET = _runtime.interpreter_enabled()
-interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs the Triton kernels on CPU under TRITON_INTERPRET=1")
-_skip_without_cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET,
-                                        reason="needs a CUDA GPU and TRITON_INTERPRET unset (compiled kernels)")
-
-
-def cuda_only(test):
-    """Compiled-kernel tests: marked ``cuda`` (pytest.ini) and skipped without a GPU."""
-    return pytest.mark.cuda(_skip_without_cuda(test))
+# skipped where they cannot run by the hook in tests/conftest.py
+interpreter_only = pytest.mark.interpreter_only
+cuda_only = pytest.mark.cuda
 
 # (N, C, H, W), num_groups -- and why each is here
 SHAPES = [

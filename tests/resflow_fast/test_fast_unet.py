@@ -60,7 +60,6 @@ def test_refuses_unknown_dtype():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision_forward_on_cuda(dtype):
     model = small_attention_unet().cuda()

@@ -83,11 +83,7 @@ def test_bad_input():
 
 
 # -- on a GPU --------------------------------------------------------------------------------------
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
 @pytest.mark.cuda
-@cuda
 def test_bf16_sampler_parity_on_cuda():
     """The fast bf16 restore against the fp32 reference sampler: at least 45 dB on [0, 1] images."""
     model = random_unet(channel_mult=(1, 2, 2)).cuda()
@@ -100,7 +96,6 @@ def test_bf16_sampler_parity_on_cuda():
 
 
 @pytest.mark.cuda
-@cuda
 def test_cuda_graphs_replay_matches_eager_and_is_deterministic():
     model = random_unet(channel_mult=(1, 2, 2)).cuda()
     lq = torch.rand(1, 3, 40, 56, device="cuda") * 2 - 1
