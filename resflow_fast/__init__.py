@@ -10,4 +10,7 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+from .imageio import ResflowInputError
+from .restore import Restorer, RestoreError, restore
+
+__all__ = ["__version__", "restore", "Restorer", "RestoreError", "ResflowInputError"]

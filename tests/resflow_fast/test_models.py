@@ -1,0 +1,101 @@
+"""Tests of resflow_fast/models.py: names, checkpoint paths and modules, clear errors, the cache."""
+import os
+
+import pytest
+import torch
+
+from resflow_fast import models
+from resflow_fast.models import ModelNotInstalledError, resolve_model
+from resflow_fast.reference.checkpoint import CheckpointError, save_weights
+from resflow_fast.reference.schedule import Schedule
+from resflow_fast.reference.unet import build_unet
+
+CPU = torch.device("cpu")
+
+
+def save_model(path, model, schedule=Schedule()):
+    save_weights(path, model.state_dict(), {"unet": model.config.to_dict(), "schedule": schedule.to_dict()})
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    models.clear_cache()
+    yield
+    models.clear_cache()
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return build_unet("test").eval()
+
+
+def test_a_checkpoint_path_loads_its_weights_and_schedule(tmp_path, unet):
+    path = save_model(tmp_path / "m.safetensors", unet, Schedule("linear"))
+    loaded = resolve_model(str(path), CPU)
+    assert loaded.schedule == Schedule("linear") and loaded.source == str(path)
+    for a, b in zip(loaded.unet.state_dict().values(), unet.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not loaded.unet.training
+
+
+def test_loaded_models_are_cached_until_the_file_changes(tmp_path, unet):
+    path = save_model(tmp_path / "m.safetensors", unet)
+    first = resolve_model(path, CPU).unet
+    assert resolve_model(path, CPU).unet is first  # no second read
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the file was rewritten
+    assert resolve_model(path, CPU).unet is not first
+
+
+def test_a_module_is_used_in_place_with_the_default_schedule(unet):
+    loaded = resolve_model(unet, CPU)
+    assert loaded.unet is unet and loaded.schedule == Schedule()
+    assert resolve_model(unet, CPU, Schedule("constant")).schedule == Schedule("constant")
+
+
+def test_the_embedded_name_reads_the_packaged_file(tmp_path, monkeypatch, unet):
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    save_model(tmp_path / "default.safetensors", unet)
+    assert resolve_model("default", CPU).source == "default"
+
+
+def test_a_missing_embedded_model_says_to_pass_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    with pytest.raises(ModelNotInstalledError, match="embedded 'default' model is not installed.*pass a checkpoint"):
+        resolve_model("default", CPU)
+
+
+def test_an_unknown_name_lists_the_known_ones():
+    with pytest.raises(CheckpointError, match="unknown model 'denoise-xl'.*known: default"):
+        resolve_model("denoise-xl", CPU)
+
+
+def test_a_missing_checkpoint_path_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing.safetensors: checkpoint not found"):
+        resolve_model(tmp_path / "nothing.safetensors", CPU)
+
+
+def test_a_checkpoint_for_another_architecture_is_refused(tmp_path, unet):
+    # The record says one architecture, the tensors are of another (a wider U-Net).
+    wider = build_unet("test", base_channels=64)
+    path = tmp_path / "m.safetensors"
+    save_weights(path, wider.state_dict(), {"unet": unet.config.to_dict(), "schedule": Schedule().to_dict()})
+    with pytest.raises(CheckpointError, match="weights do not fit this architecture"):
+        resolve_model(path, CPU)
+
+
+def test_a_model_for_other_than_rgb_is_refused(tmp_path):
+    grey_model = build_unet("test", image_channels=1)
+    with pytest.raises(CheckpointError, match="restores 1-channel images.*RGB"):
+        resolve_model(save_model(tmp_path / "grey.safetensors", grey_model), CPU)
+
+
+def test_wrong_kinds_of_model_argument(tmp_path, unet):
+    with pytest.raises(TypeError, match="expected a resflow_fast.reference UNet, got Linear"):
+        resolve_model(torch.nn.Linear(2, 2), CPU)
+    with pytest.raises(TypeError, match="got int"):
+        resolve_model(3, CPU)
+    with pytest.raises(ValueError, match="schedule= applies to a module"):
+        resolve_model(save_model(tmp_path / "m.safetensors", unet), CPU, Schedule())

@@ -1,0 +1,439 @@
+"""Tests of resflow_fast/restore.py (restore(), Restorer, tiling, precision, out-of-memory retries)
+and of the `resflow restore` command built on it.
+
+The model is the test-preset U-Net with random weights (std 0.08): it changes a 96x80 image by
+about 26 dB PSNR in 2 steps, so "tiled agrees with untiled" and "the seed decides" are measured
+against a model that really moves the image, not against the identity. Random weights are not a
+trained restorer: the tiling numbers here show the mechanism (per-tile GroupNorm, windows, noise
+slicing), not a trained model's exact agreement (see restore.py's docstring for that).
+"""
+import importlib
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resflow_fast import Restorer, RestoreError, restore
+from resflow_fast.cli import main
+from resflow_fast.reference.checkpoint import save_weights
+from resflow_fast.reference.degradations import dead_leaves
+from resflow_fast.reference.sampler import euler_sample
+from resflow_fast.reference.schedule import Schedule
+from resflow_fast.reference.unet import build_unet
+from resflow_fast.restore import blend_windows, tile_spans
+
+# `resflow_fast.restore` is the function; the module holds the knobs the tests turn.
+restore_module = importlib.import_module("resflow_fast.restore")
+
+RNG = np.random.default_rng(0)
+RGB = (RNG.random((9, 7, 3)) * 255).astype(np.uint8)  # 7 wide, 9 high: the issue's tiny size
+ALPHA = (RNG.random((9, 7)) * 255).astype(np.uint8)
+
+
+def psnr01(a, b) -> float:
+    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
+
+
+def tiny_unet(schedule=Schedule(), std=0.08, seed=0):
+    torch.manual_seed(seed)
+    model = build_unet("test", auxiliary=schedule.has_auxiliary).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=std)  # small random weights: far from the identity, still stable
+    return model
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_unet()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, unet):
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_weights(path, unet.state_dict(), {"unet": unet.config.to_dict(), "schedule": Schedule().to_dict()})
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# kinds in, the same kinds out
+# ----------------------------------------------------------------------------------------------
+def _png(tmp_path, array, name="in.png"):
+    Image.fromarray(array).save(tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("make, check", [
+    (lambda p: RGB, lambda out: out.shape == (9, 7, 3) and out.dtype == np.uint8),
+    (lambda p: RGB[..., 0], lambda out: out.shape == (9, 7) and out.dtype == np.uint8),
+    (lambda p: (RGB[..., 0].astype(np.uint16) * 257), lambda out: out.shape == (9, 7) and out.dtype == np.uint16),
+    (lambda p: np.dstack([RGB, ALPHA]).astype(np.float32) / 255,
+     lambda out: out.shape == (9, 7, 4) and out.dtype == np.float32),
+    (lambda p: torch.from_numpy(RGB).permute(2, 0, 1).double() / 255,
+     lambda out: out.shape == (3, 9, 7) and out.dtype == torch.float64),
+    (lambda p: Image.fromarray(np.dstack([RGB, ALPHA])), lambda out: out.mode == "RGBA" and out.size == (7, 9)),
+    (lambda p: _png(p, RGB[..., 0]), lambda out: isinstance(out, Image.Image) and out.mode == "L" and out.size == (7, 9)),
+    (lambda p: str(_png(p, np.dstack([RGB[..., 0], ALPHA]))), lambda out: out.mode == "LA"),
+])
+def test_each_kind_comes_back_as_the_same_kind_and_is_restored(tmp_path, unet, make, check):
+    image = make(tmp_path)
+    out = restore(image, model=unet, steps=1)
+    assert check(out)
+    before = image if not isinstance(image, (str, type(tmp_path))) else Image.open(image)
+    before, after = np.asarray(before, np.float64), np.asarray(out, np.float64)
+    assert not np.array_equal(before, after)  # the model did something
+
+
+def test_alpha_comes_back_bit_identical(unet):
+    rgba = np.dstack([RGB, ALPHA])
+    out = restore(rgba, model=unet, steps=1)
+    np.testing.assert_array_equal(out[..., 3], ALPHA)
+    tensor = torch.rand(4, 9, 7)
+    assert torch.equal(restore(tensor, model=unet, steps=1)[3], tensor[3])
+
+
+def test_grey_goes_through_the_rgb_model_and_comes_back_as_the_mean(unet):
+    grey = RGB[..., 0].astype(np.float32) / 255
+    out = restore(grey, model=unet, steps=1)
+    as_rgb = restore(np.repeat(grey[..., None], 3, axis=2), model=unet, steps=1)
+    np.testing.assert_allclose(out, as_rgb.mean(axis=2), atol=1e-6)
+
+
+def test_untiled_is_the_reference_sampler_with_the_seeds_own_noise(unet):
+    img = RGB.astype(np.float32) / 255
+    out = restore(img, model=unet, steps=2, seed=5, tile=None)
+    lq = torch.from_numpy(img).permute(2, 0, 1)[None] * 2 - 1
+    expected = ((euler_sample(unet, lq, steps=2, seed=5) + 1) / 2)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_a_batch_is_each_image_restored_alone(unet):
+    restorer = Restorer(unet, steps=1)
+    batch = torch.rand(2, 3, 9, 7)
+    out = restorer.restore(batch, seed=3)
+    assert out.shape == batch.shape
+    torch.testing.assert_close(out[1], restorer.restore(batch[1], seed=3))
+    mixed = restorer.restore([RGB, Image.fromarray(RGB)])
+    assert isinstance(mixed, list) and isinstance(mixed[1], Image.Image)
+    np.testing.assert_array_equal(mixed[0], np.asarray(mixed[1]))
+
+
+def test_a_model_in_training_is_sampled_in_eval_mode_and_left_training():
+    model = build_unet("test", dropout=0.5)
+    model.train()
+    first = restore(RGB, model=model, steps=1)
+    assert model.training
+    np.testing.assert_array_equal(first, restore(RGB, model=model, steps=1))  # dropout was off
+
+
+def test_a_schedule_without_auxiliary_noise_works():
+    model = tiny_unet(Schedule("x_only"))
+    out = restore(RGB, model=model, schedule=Schedule("x_only"), steps=1)
+    assert out.shape == RGB.shape
+
+
+def test_a_checkpoint_path_as_model(checkpoint, unet):
+    np.testing.assert_array_equal(restore(RGB, model=checkpoint, steps=1), restore(RGB, model=unet, steps=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# tiling: seams, GroupNorm per tile, and the seed
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiling(unet):
+    """One noisy 96x80 image restored untiled and in tiles; every result (and its tile columns) computed once."""
+    rng = np.random.default_rng(1)
+    img = np.clip(dead_leaves(96, 80, rng) + rng.normal(0, 0.1, (96, 80, 3)), 0, 1).astype(np.float32)
+    results = {"input": (img, None)}
+    for name, seed, kw in [("untiled", 0, dict(tile=None)), ("tile48", 0, dict(tile=48)), ("tile64", 0, dict(tile=64)),
+                           ("hard_cuts", 0, dict(tile=40, overlap=0)), ("seed1", 1, dict(tile=None))]:
+        restorer = Restorer(unet, steps=2, **kw)
+        results[name] = (restorer.restore(img, seed=seed), restorer.last_spans[1])
+    return results
+
+
+def test_tiled_agrees_with_untiled(tiling):
+    change = psnr01(tiling["untiled"][0], tiling["input"][0])
+    agreement = psnr01(tiling["tile48"][0], tiling["untiled"][0])
+    assert change < 30  # the model moves the image a lot...
+    assert agreement >= 40  # ...and tiling (GroupNorm statistics per 48-px tile) barely changes that
+
+
+def _seam_ratio(result, columns):
+    """Mean error (against the untiled result) within 2 px of where neighbouring tile columns meet,
+    over the mean error everywhere: about 1 when the tiling leaves no trace at its borders."""
+    tiled, spans = result
+    cuts = [(a[1] + b[0]) // 2 for a, b in zip(spans, spans[1:])]
+    error = np.abs(tiled - columns).mean(axis=2)
+    return np.concatenate([error[:, c - 2:c + 2].ravel() for c in cuts]).mean() / error.mean()
+
+
+def test_no_seam_where_tiles_meet(tiling):
+    untiled = tiling["untiled"][0]
+    assert tiling["hard_cuts"][1] == [(0, 40), (40, 80)]
+    assert _seam_ratio(tiling["hard_cuts"], untiled) > 2.5  # the measure sees a seam when tiles are butted...
+    # Cross-faded: about 1.5 measured; what is left is per-tile GroupNorm at ~1/255, not a visible step.
+    assert _seam_ratio(tiling["tile48"], untiled) < 2.0
+
+
+def test_the_seed_decides_the_result_whatever_the_tiling(tiling):
+    same_seed = psnr01(tiling["tile48"][0], tiling["tile64"][0])
+    other_seed = psnr01(tiling["seed1"][0], tiling["untiled"][0])
+    assert same_seed >= 40 and same_seed > other_seed + 10
+
+
+@pytest.mark.parametrize("length", [7, 64, 65, 100, 333])  # smaller than a tile, exactly one, one over, odd
+def test_tile_spans_cover_the_line_on_the_network_grid(length):
+    tile, overlap, multiple = 64, 16, 8
+    spans = tile_spans(length, tile, overlap, multiple)
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    assert all(start % multiple == 0 and 0 < stop - start <= tile for start, stop in spans)
+    assert all(a[1] - b[0] >= overlap for a, b in zip(spans, spans[1:]))  # neighbours overlap enough
+    assert all(a[1] < b[1] for a, b in zip(spans, spans[1:]))  # no tile is redundant
+    total = torch.zeros(length)
+    for (start, stop), window in zip(spans, blend_windows(spans)):
+        total[start:stop] += window
+    torch.testing.assert_close(total, torch.ones(length))  # the windows are a partition of unity
+
+
+def test_auto_tiles_when_free_memory_is_short(unet, monkeypatch):
+    restorer = Restorer(unet, steps=1)
+    restorer.restore(np.zeros((96, 80, 3), np.uint8))
+    assert restorer.last_tile_side == 96  # fits: one tile
+    per_pixel = restore_module.bytes_per_pixel(unet.config, torch.float32)
+    monkeypatch.setattr(restore_module, "free_memory_bytes", lambda device: int(70 * 70 * per_pixel / 0.5))
+    restorer.restore(np.zeros((96, 80, 3), np.uint8))
+    assert restorer.last_tile_side == 64  # 70 x 70 pixels fit: 64-px tiles on the 8-px grid
+
+
+# ----------------------------------------------------------------------------------------------
+# out of memory, precision, arguments, threads
+# ----------------------------------------------------------------------------------------------
+def _fail_above(restorer, monkeypatch, pixels, error):
+    """Make the sampler raise ``error`` for tiles of more than ``pixels`` pixels; count the calls."""
+    original, calls = restorer._run, []
+
+    def run(lq, eps, dtype):
+        calls.append(lq.shape[-2] * lq.shape[-1])
+        if calls[-1] > pixels:
+            raise error
+        return original(lq, eps, dtype)
+    monkeypatch.setattr(restorer, "_run", run)
+    return calls
+
+
+def test_out_of_memory_retries_with_smaller_tiles(unet, monkeypatch):
+    monkeypatch.setattr(restore_module, "MIN_TILE", 16)
+    restorer = Restorer(unet, steps=1, tile=None)
+    img = np.random.default_rng(2).random((48, 40, 3)).astype(np.float32)
+    untiled = restorer.restore(img)
+    _fail_above(restorer, monkeypatch, 32 * 32, torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    with pytest.warns(RuntimeWarning, match="out of GPU memory"):
+        tiled = restorer.restore(img)
+    assert restorer.last_tile_side <= 32
+    assert psnr01(tiled, untiled) > 35
+
+
+def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(unet, monkeypatch):
+    restorer = Restorer(unet, steps=1, tile=None)
+    _fail_above(restorer, monkeypatch, 0, torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(RestoreError, match="out of GPU memory even with"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        restorer.restore(np.zeros((96, 96, 3), np.uint8))
+
+
+def test_other_errors_are_not_retried(unet, monkeypatch):
+    restorer = Restorer(unet, steps=1, tile=None)
+    calls = _fail_above(restorer, monkeypatch, 0, RuntimeError("cuDNN error"))
+    with pytest.raises(RuntimeError, match="cuDNN error"):
+        restorer.restore(RGB)
+    assert len(calls) == 1
+
+
+def test_reduced_precision_runs_on_the_cpu_and_stays_close(unet):
+    img = np.random.default_rng(3).random((16, 16, 3)).astype(np.float32)
+    fp32 = restore(img, model=unet, steps=1, dtype="fp32")
+    assert psnr01(restore(img, model=unet, steps=1, dtype="bf16"), fp32) > 30
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])  # inf would hide behind the clamp to [-1, 1]
+def test_non_finite_reduced_precision_is_redone_in_fp32(unet, monkeypatch, bad):
+    restorer = Restorer(unet, steps=1, dtype="bf16")
+    original = restorer._run
+    monkeypatch.setattr(restorer, "_run", lambda lq, eps, dtype: (
+        torch.full_like(lq, bad) if dtype != torch.float32 else original(lq, eps, dtype)))
+    with pytest.warns(RuntimeWarning, match="non-finite values in the torch.bfloat16 output; redone in fp32"):
+        out = restorer.restore(RGB)
+    np.testing.assert_array_equal(out, restore(RGB, model=unet, steps=1, dtype="fp32"))
+
+
+def test_non_finite_fp32_output_is_never_returned(unet, monkeypatch):
+    restorer = Restorer(unet, steps=1, dtype="fp32")
+    monkeypatch.setattr(restorer, "_run", lambda lq, eps, dtype: torch.full_like(lq, float("nan")))
+    with pytest.raises(RestoreError, match="NaN or Inf even in fp32"):
+        restorer.restore(RGB)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dtype="fp8"), "dtype: 'fp8' is not one of"),
+    (dict(device="banana"), "device: 'banana' is not a device"),
+    (dict(tile="big"), "tile: expected 'auto'"),
+    (dict(tile=8), "tile: expected"),
+    (dict(overlap=-1), "overlap: must be"),
+    (dict(steps=0), "steps must be a positive integer"),
+    (dict(y_mode="sideways"), "unknown y_mode"),
+])
+def test_bad_arguments_are_clear_errors(unet, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Restorer(unet, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_it_is_a_clear_error(unet):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Restorer(unet, device="cuda")
+
+
+def test_cpu_threads_follow_the_usable_cpus_unless_the_user_chose(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(restore_module, "_threads_configured", False)
+    restore_module.configure_cpu_threads()
+    restore_module.configure_cpu_threads()  # once per process
+    assert chosen == [restore_module.usable_cpus()]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(restore_module, "_threads_configured", False)
+    restore_module.configure_cpu_threads()
+    assert chosen == [restore_module.usable_cpus()]
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_the_fast_path_agrees_with_the_cpu_reference(unet):
+    img = np.random.default_rng(4).random((40, 56, 3)).astype(np.float32)
+    cpu = restore(img, model=unet, steps=2, device="cpu")
+    gpu = restore(torch.from_numpy(img).permute(2, 0, 1).cuda(), model=tiny_unet(), steps=2)  # bf16 fast path
+    assert gpu.is_cuda
+    assert psnr01(gpu.permute(1, 2, 0).float().cpu().numpy(), cpu) > 35
+
+
+# ----------------------------------------------------------------------------------------------
+# the `resflow restore` command
+# ----------------------------------------------------------------------------------------------
+def _tree(root):
+    """in/a.png, in/b.jpg, in/sub/c.png, in/notes.txt: a folder with a sub-folder and a non-image."""
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(RGB).save(root / "a.png")
+    Image.fromarray(RGB).save(root / "b.jpg")
+    Image.fromarray(np.dstack([RGB, ALPHA])).save(root / "sub" / "c.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _restore_cli(*args, model):
+    return main(["restore", *map(str, args), "--model", str(model), "--steps", "1", "--quiet"])
+
+
+def test_cli_mirrors_a_folder_and_recurses_only_when_asked(tmp_path, checkpoint, capsys):
+    src = _tree(tmp_path / "in")
+    assert _restore_cli(src, "-o", tmp_path / "flat", model=checkpoint) == 0
+    assert _files(tmp_path / "flat") == ["a.png", "b.jpg"]
+    assert _restore_cli(src, "-o", tmp_path / "deep", "--recursive", model=checkpoint) == 0
+    assert _files(tmp_path / "deep") == ["a.png", "b.jpg", "sub/c.png"]
+    out = Image.open(tmp_path / "deep" / "sub" / "c.png")
+    assert out.mode == "RGBA" and out.size == (7, 9)
+    np.testing.assert_array_equal(np.asarray(out)[..., 3], ALPHA)
+    assert Image.open(tmp_path / "deep" / "b.jpg").format == "JPEG"
+
+
+def test_cli_skips_existing_outputs_unless_overwrite(tmp_path, checkpoint, capsys):
+    src = _tree(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    Image.new("RGB", (7, 9), "white").save(tmp_path / "out" / "a.png")
+    before = (tmp_path / "out" / "a.png").read_bytes()
+    assert _restore_cli(src, "-o", tmp_path / "out", model=checkpoint) == 0
+    assert (tmp_path / "out" / "a.png").read_bytes() == before
+    assert "1 skipped" in capsys.readouterr().out
+    assert _restore_cli(src, "-o", tmp_path / "out", "--overwrite", model=checkpoint) == 0
+    assert (tmp_path / "out" / "a.png").read_bytes() != before
+
+
+def test_cli_one_bad_file_is_reported_and_the_rest_are_written(tmp_path, checkpoint):
+    src = _tree(tmp_path / "in")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    proc = subprocess.run([sys.executable, "-m", "resflow_fast", "restore", str(src), "-o", str(tmp_path / "out"),
+                           "--model", str(checkpoint), "--steps", "1", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert _files(tmp_path / "out") == ["a.png", "b.jpg"]
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("resflow: error: ") and "broken.png" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_single_file_keeps_mode_depth_and_orientation(tmp_path, checkpoint, capsys):
+    grey16 = (RNG.random((9, 7)) * 65535).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    assert _restore_cli(tmp_path / "grey16.png", "-o", tmp_path / "restored.png", model=checkpoint) == 0
+    out = Image.open(tmp_path / "restored.png")
+    assert out.mode == "I;16" and np.asarray(out).dtype == np.uint16 and out.size == (7, 9)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 12 wide x 8 high, shown rotated: 8 wide x 12 high
+    Image.fromarray((RNG.random((8, 12, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.jpg", exif=exif.tobytes())
+    assert _restore_cli(tmp_path / "photo.jpg", "-o", tmp_path / "upright.jpg", model=checkpoint) == 0
+    upright = Image.open(tmp_path / "upright.jpg")
+    assert upright.size == (8, 12) and upright.getexif().get(0x0112) in (None, 1)
+
+
+def test_cli_globs_and_torchrun_sharding(tmp_path, checkpoint, monkeypatch, capsys):
+    for i in range(4):
+        Image.fromarray(RGB).save(tmp_path / f"img{i}.png")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _restore_cli(tmp_path / "img*.png", "-o", tmp_path / "out", model=checkpoint) == 0
+    assert _files(tmp_path / "out") == ["img1.png", "img3.png"]  # rank 1 of 2: every second input
+    assert "rank 1/2: restored 2 of 2" in capsys.readouterr().out
+
+
+def test_cli_a_failed_write_keeps_the_previous_output(tmp_path, checkpoint, monkeypatch, capsys):
+    import os
+
+    Image.fromarray(RGB).save(tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    Image.new("RGB", (7, 9), "white").save(tmp_path / "out" / "a.png")
+    before = (tmp_path / "out" / "a.png").read_bytes()
+
+    def fail(*args):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(os, "replace", fail)
+    assert _restore_cli(tmp_path / "a.png", "-o", tmp_path / "out", "--overwrite", model=checkpoint) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert (tmp_path / "out" / "a.png").read_bytes() == before and _files(tmp_path / "out") == ["a.png"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.png", "-o", "out", "--model", "{ckpt}"], "missing.png: no such file or folder"),
+    (["*.nothing", "-o", "out", "--model", "{ckpt}"], "*.nothing: no files match"),
+    (["in.png", "-o", "out", "--model", "denoise-xl"], "unknown model 'denoise-xl'"),
+    (["in.png", "-o", "out"], "--model is required until the embedded default model ships"),
+    (["in.png", "-o", "out.psd", "--model", "{ckpt}"], "Pillow cannot write '.psd' files"),
+    (["in.png", "-o", "in.png", "--model", "{ckpt}"], "would overwrite its own input"),
+    (["in.png", "-o", "out", "--model", "{ckpt}", "--tile", "8"], "tile: expected"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, checkpoint, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(importlib.import_module("resflow_fast.models"), "MODELS_DIR", tmp_path / "no-models")
+    Image.fromarray(RGB).save(tmp_path / "in.png")
+    assert main(["restore", *[a.replace("{ckpt}", str(checkpoint)) for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resflow: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
