@@ -6,7 +6,6 @@ one line naming the problem, with exit status 2 and no traceback; ``RESFLOW_DEBU
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
@@ -32,29 +31,71 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _save_image_atomic(path: Path, img01: np.ndarray) -> None:
-    """Encode an HWC [0, 1] image with Pillow by the file's extension, then write it atomically."""
-    from PIL import Image
-
-    from .reference.checkpoint import atomic_write_bytes
-
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise UsageError(f"{path}: unknown image extension {path.suffix!r} (use .png, .jpg, .tif, ...)")
-    arr = np.clip(np.rint(img01 * 255.0), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue())
+#: File endings `resflow restore` picks up in folders (explicitly named files may have any ending).
+RESTORE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".tga", ".ppm", ".pgm", ".pnm")
 
 
-def _restore_array(model, schedule, img01: np.ndarray, steps: int, seed: int, device: torch.device) -> np.ndarray:
-    """Restore one HWC [0, 1] image with the reference sampler."""
-    from .reference.data import from_model_range, to_model_range
-    from .reference.sampler import euler_sample
+def _tile_arg(text: str) -> int | str | None:
+    """--tile: "auto", "0"/"off" (never tile) or a side in pixels."""
+    if text in ("auto", "off", "none", "0"):
+        return None if text != "auto" else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or a tile side in pixels, got {text!r}") from None
 
-    lq = to_model_range(img01)[None].to(device)
-    restored = euler_sample(model, lq, steps=steps, seed=seed, schedule=schedule)
-    return from_model_range(restored[0].cpu())
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    # Hidden files (macOS "._x.jpg" forks, our own ".x.png.tmp" temp files) are never images to restore.
+    images = (p for p in candidates if p.is_file() and p.suffix.lower() in RESTORE_EXTENSIONS
+              and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(images, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _collect_inputs(patterns: list[str], recursive: bool) -> list[tuple[Path, Path]]:
+    """(file, where it goes under OUT) for files, folders (tree mirrored) and globs (flat)."""
+    import glob
+
+    found: list[tuple[Path, Path]] = []
+    for text in patterns:
+        path = Path(text)
+        if path.is_dir():
+            found += [(f, f.relative_to(path)) for f in _folder_images(path, recursive)]
+        elif path.exists():
+            found.append((path, Path(path.name)))
+        elif glob.has_magic(text):
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=recursive)) if Path(m).is_file()]
+            if not matches:
+                raise UsageError(f"{text}: no files match")
+            found += [(m, Path(m.name)) for m in matches]
+        else:
+            raise UsageError(f"{text}: no such file or folder")
+    return found
+
+
+def _plan_outputs(inputs: list[tuple[Path, Path]], out: Path, single_file: bool) -> list[tuple[Path, Path]]:
+    """(source, destination) pairs. The destination keeps the source's format (its extension) when
+    Pillow can write it, else it becomes .png; two sources onto one destination, or a destination
+    that is its own source, are refused before anything runs."""
+    from .imageio import ResflowInputError, output_format
+
+    if single_file:
+        output_format(out)  # an -o name Pillow cannot write is a usage error, not a per-file failure
+    plan, taken = [], {}
+    for src, rel in inputs:
+        dst = out if single_file else out / rel
+        try:
+            output_format(dst)
+        except ResflowInputError:  # a format Pillow reads but cannot write (.psd, .pcx, ...)
+            dst = dst.with_suffix(".png")
+        if dst.resolve() == src.resolve():
+            raise UsageError(f"{src}: the output would overwrite its own input; choose another -o")
+        if dst.resolve() in taken:
+            raise UsageError(f"{taken[dst.resolve()]} and {src} would both be written to {dst}")
+        taken[dst.resolve()] = src
+        plan.append((src, dst))
+    return plan
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,29 +123,45 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from .reference.checkpoint import load_model
-    from .reference.data import load_image
+    """Restore files, folders (mirrored under OUT) and globs; one bad file is reported and the rest
+    proceed (exit 1 if any failed). Under torchrun each rank restores its share of the inputs."""
+    from PIL import Image
+    from tqdm import tqdm
 
-    if args.model is None:
-        raise UsageError("--model is required until the embedded default model ships: give a weights file "
-                         "or a training run folder (see `resflow train` or `resflow demo`)")
-    inputs = [Path(p) for p in args.inputs]
+    from .imageio import save_image
+    from .models import ModelNotInstalledError
+    from .restore import Restorer, RestoreError
+
+    try:
+        restorer = Restorer(args.model, steps=args.steps, device=args.device, dtype=args.dtype, tile=args.tile,
+                            overlap=args.overlap)
+    except ModelNotInstalledError:
+        raise UsageError("--model is required until the embedded default model ships: give a weights file, a "
+                         "checkpoint folder or a run folder (see `resflow train` or `resflow demo`)") from None
+    inputs = _collect_inputs(args.inputs, args.recursive)
     out = Path(args.output)
-    if len(inputs) > 1 and not out.is_dir():
-        raise UsageError(f"-o {out}: several inputs need an existing output folder")
-    device = _device(args.device)
-    model, schedule, _ = load_model(args.model)
-    model.to(device)
-    failed = 0
-    for src in inputs:
-        dst = out / f"{src.stem}.png" if out.is_dir() else out
+    single_file = (len(args.inputs) == 1 and len(inputs) == 1 and Path(args.inputs[0]).is_file()
+                   and not out.is_dir() and out.suffix.lower() in Image.registered_extensions())
+    plan = _plan_outputs(inputs, out, single_file)
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    shard = plan[rank::world]  # every rank lists the same inputs in the same order: no communication needed
+    restored = skipped = failed = 0
+    bar = tqdm(shard, unit="image", disable=args.quiet, desc=f"rank {rank}" if world > 1 else "restore")
+    for src, dst in bar:
+        if dst.exists() and not args.overwrite:
+            skipped += 1
+            continue
         try:
-            img = load_image(src)
-            _save_image_atomic(dst, _restore_array(model, schedule, img, args.steps, args.seed, device))
-            print(f"{src} -> {dst}")
-        except ValueError as e:  # one bad file is reported and the rest proceed
-            print(f"resflow: error: {e}", file=sys.stderr)
+            save_image(restorer.restore(src, seed=args.seed), dst)
+            restored += 1
+        except (ValueError, OSError, RestoreError) as error:  # one bad file is reported, the rest proceed
             failed += 1
+            reason = str(error) if str(src) in str(error) else f"{src}: {error}"
+            tqdm.write(f"resflow: error: {reason}", file=sys.stderr)
+    where = f"rank {rank}/{world}: " if world > 1 else ""
+    note = f", {skipped} skipped (output exists; --overwrite to redo)" if skipped else ""
+    print(f"{where}restored {restored} of {len(shard)} to {out}{note}" + (f", {failed} failed" if failed else ""))
     return 1 if failed else 0
 
 
@@ -119,8 +176,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the test-sized model for about ``--minutes`` on procedural images with Gaussian noise,
     then restore a held-out noisy image and report PSNRs: a smoke run on a fresh machine."""
+    from PIL import Image
+
+    from .imageio import save_image
     from .reference.checkpoint import load_model
     from .reference.data import build_dataset, from_model_range, validation_set
+    from .restore import restore
     from .reference.metrics import psnr
     from .reference.train import TrainConfig, train
 
@@ -137,10 +198,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     held_out = build_dataset("procedural", f"noise:{args.sigma}", 256, seed=args.seed + 10_000)
     hq, lq = validation_set(held_out, 1, seed=args.seed + 10_000)
     t0 = time.perf_counter()
-    restored = _restore_array(model, schedule, from_model_range(lq[0]), steps=4, seed=args.seed, device=device)
+    restored = restore(from_model_range(lq[0]), model=model, schedule=schedule, steps=4, seed=args.seed, device=device)
     seconds = time.perf_counter() - t0
     for name, img in (("clean", from_model_range(hq[0])), ("noisy", from_model_range(lq[0])), ("restored", restored)):
-        _save_image_atomic(out / f"{name}.png", img)
+        save_image(Image.fromarray(np.rint(img * 255.0).astype(np.uint8)), out / f"{name}.png")
     from .reference.data import to_model_range
 
     p_in, p_out = psnr(lq, hq), psnr(to_model_range(restored)[None], hq)
@@ -155,6 +216,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .reference.schedule import SCHEDULES
     from .reference.unet import PRESETS
+    from .restore import DEFAULT_OVERLAP
 
     parser = argparse.ArgumentParser(prog="resflow", description="ResFlow image restoration")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,13 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("restore", help="restore images with a trained model")
-    r.add_argument("inputs", nargs="+")
-    r.add_argument("-o", "--output", required=True, help="output file, or an existing folder for several inputs")
-    r.add_argument("--model", help="weights file, checkpoint folder or run folder")
+    r = sub.add_parser("restore", help="restore image files, folders or globs",
+                       description="Restore images. Outputs keep each input's format, mode and bit depth; "
+                                   "folders are mirrored under OUT; existing outputs are skipped.")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or (quoted) glob patterns")
+    r.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder (created if needed), or a file name for a single input file")
+    r.add_argument("--model", default="default",
+                   help="embedded model name, weights file, checkpoint folder or run folder (default: %(default)s)")
     r.add_argument("--steps", type=int, default=4)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="activation precision (auto: bf16 on GPUs that have it, fp32 on the CPU)")
+    r.add_argument("--fp32", dest="dtype", action="store_const", const="fp32", help="same as --dtype fp32")
+    r.add_argument("--tile", type=_tile_arg, default="auto",
+                   help="largest tile side in pixels, 'auto' (from free memory) or 'off'")
+    r.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="pixels shared by neighbouring tiles")
+    r.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders (and ** in globs)")
+    r.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_restore)
 
     e = sub.add_parser("export", help="write an inference-only weights file from a training checkpoint")
@@ -212,10 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    # `resflow bench ...` hands all its arguments to the benchmark's own parser (see main()).
+    sub.add_parser("bench", help="the side-by-side benchmark table (GPU); `resflow bench --help` for its options",
+                   add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .benchmarks.bench import main as bench_main
+
+        return bench_main(argv[1:], prog="resflow bench")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -75,3 +75,8 @@ def test_unknown_preset_is_refused_by_the_parser(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "resflow_fast", "train", "--preset", "huge"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "invalid choice: 'huge'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_hands_its_arguments_to_the_benchmark(capsys):
+    assert main(["bench", "--device", "cpu", "--dry-run"]) == 0
+    assert "estimated end" in capsys.readouterr().out
