@@ -367,7 +367,53 @@ class PairedFolderDataset(_IndexedDataset):
         return {**super().describe(), "root": str(self.root), "files": len(self.pairs), "channels": 3}
 
 
-def build_dataset(data: str, degradation: str | None, crop: int, seed: int, channels: int = 3) -> _IndexedDataset:
+class MixedDataset:
+    """Several datasets interleaved: sample i comes from part ``i % k`` at its index ``i // k``.
+
+    Stateless like its parts, so training over a mix (procedural images plus photographs, say)
+    resumes exactly and DDP ranks stay disjoint.
+    """
+
+    kind = "mixed"
+
+    def __init__(self, parts: list):
+        if len(parts) < 2:
+            raise DataError(f"a mixed dataset needs at least two parts, got {len(parts)}")
+        crops = {p.crop for p in parts}
+        if len(crops) != 1:
+            raise DataError(f"mixed datasets must share one crop size, got {sorted(crops)}")
+        self.parts = list(parts)
+        self.crop = parts[0].crop
+
+    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = _check_non_negative_int("dataset index", index)
+        k = len(self.parts)
+        return self.parts[index % k].sample(index // k)
+
+    __getitem__ = sample
+
+    def __len__(self) -> int:
+        return INFINITE_LENGTH
+
+    def for_validation(self, seed: int) -> "MixedDataset":
+        return MixedDataset([p.for_validation(seed) for p in self.parts])
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "parts": [p.describe() for p in self.parts], "crop": self.crop}
+
+
+def build_dataset(data: str | list[str] | tuple[str, ...], degradation: str | None, crop: int, seed: int,
+                  channels: int = 3) -> _IndexedDataset | MixedDataset:
+    """:func:`build_one_dataset` for one ``data`` string; a list of them gives a :class:`MixedDataset`
+    (each part with the same degradation, crop and seed)."""
+    if isinstance(data, (list, tuple)):
+        if len(data) == 1:
+            return build_one_dataset(data[0], degradation, crop, seed, channels)
+        return MixedDataset([build_one_dataset(d, degradation, crop, seed, channels) for d in data])
+    return build_one_dataset(data, degradation, crop, seed, channels)
+
+
+def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, channels: int = 3) -> _IndexedDataset:
     """Pick a dataset from a ``data`` string.
 
     * ``"procedural"``: :class:`ProceduralDataset` (``degradation`` required);
@@ -397,7 +443,7 @@ def build_dataset(data: str, degradation: str | None, crop: int, seed: int, chan
     return CleanFolderDataset(root, _as_degradation(degradation, f"clean image folder {root}"), crop, seed)
 
 
-def validation_set(dataset: _IndexedDataset, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_set(dataset: _IndexedDataset | MixedDataset, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` fixed validation pairs, stacked to (N, C, crop, crop) hq and lq tensors in [-1, 1].
 
     Sample i comes from ``default_rng([seed, i, VALIDATION_STREAM])`` (via

@@ -47,7 +47,8 @@ class TrainConfig:
     gamma: float = 1.75
     image_channels: int = 3
     dropout: float = 0.0
-    data: str = "procedural"          # "procedural", a folder of clean images, or a folder with lq/ and hq/
+    data: str | list[str] = "procedural"  # "procedural", a folder of clean images, a folder with lq/ and hq/,
+                                          # or a list of these (interleaved sample by sample)
     degradation: str | None = "noise"  # see reference.degradations.parse_degradation; None for paired data
     crop: int = 64
     batch_size: int = 8                # per process

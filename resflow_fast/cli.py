@@ -105,6 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .reference.train import TrainConfig, train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if args.data and len(args.data) == 1:
+        overrides["data"] = args.data[0]
     if args.degradation == "none":
         overrides["degradation"] = None
     config = TrainConfig(**overrides)
@@ -226,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=list(SCHEDULES))
     t.add_argument("--beta", type=float)
     t.add_argument("--gamma", type=float)
-    t.add_argument("--data", help='"procedural", a folder of clean images, or a folder with lq/ and hq/')
+    t.add_argument("--data", action="append",
+                   help='"procedural", a folder of clean images, or a folder with lq/ and hq/; '
+                        'repeat to interleave several sources')
     t.add_argument("--degradation", help='e.g. "noise:0-50", "jpeg:10-50", "rain", "haze", "snow", "mix"; "none" for paired data')
     t.add_argument("--crop", type=int)
     t.add_argument("--batch-size", dest="batch_size", type=int)

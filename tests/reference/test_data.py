@@ -350,3 +350,26 @@ def test_validation_set_is_stacked_deterministic_and_apart_from_training():
     assert VALIDATION_STREAM != 0  # a zero tag would collide with training keys (numpy pads with zeros)
     with pytest.raises(ValueError, match="count must be an integer >= 1, got 0"):
         validation_set(dataset, 0, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# mixed datasets
+# ---------------------------------------------------------------------------------------------
+def test_mixed_dataset_interleaves_its_parts(tmp_path):
+    from resflow_fast.reference.data import MixedDataset
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(folder / "a.png")
+    mixed = build_dataset(["procedural", str(folder)], "noise:25", 16, seed=3)
+    assert isinstance(mixed, MixedDataset)
+    procedural = build_dataset("procedural", "noise:25", 16, seed=3)
+    photos = build_dataset(str(folder), "noise:25", 16, seed=3)
+    for i in range(4):  # even indices from the first part, odd from the second, each at i // 2
+        part = procedural if i % 2 == 0 else photos
+        for a, b in zip(mixed.sample(i), part.sample(i // 2)):
+            assert torch.equal(a, b)
+    assert [p["kind"] for p in mixed.describe()["parts"]] == ["procedural", "clean_folder"]
+    hq, lq = validation_set(mixed, 2, seed=0)
+    assert hq.shape == (2, 3, 16, 16)
+    assert build_dataset(["procedural"], "noise:25", 16, seed=3).describe()["kind"] == "procedural"
