@@ -54,7 +54,8 @@ def test_one_bad_file_does_not_stop_the_others(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize("make_args, message", [
     (lambda p: ["restore", str(p / "x.png"), "-o", str(p / "o.png"), "--model", str(p / "garbage.safetensors")],
      "not a resflow-fast weights file"),
-    (lambda p: ["restore", str(p / "x.png"), "-o", str(p / "o.png")], "--model is required"),
+    (lambda p: ["restore", str(p / "x.png"), "-o", str(p / "o.png"), "--model", "no-such-model"],
+     "unknown model 'no-such-model'"),
     (lambda p: ["train", "--data", str(p / "empty"), "--out-dir", str(p / "run"), "--quiet"], "empty"),
     (lambda p: ["train", "--degradation", "noise:999", "--out-dir", str(p / "run"), "--quiet"], "noise:999"),
     (lambda p: ["train", "--out-dir", str(p / "run"), "--resume", "--quiet"], "no checkpoint found"),
