@@ -155,3 +155,14 @@ def test_corrupt_train_state_is_refused(tmp_path):
     (path / "train_state.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="corrupt training state"):
         load_training_checkpoint(path)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        path = _save(tmp_path / "run", 1)
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+    assert path.stat().st_mode & 0o777 == 0o755
