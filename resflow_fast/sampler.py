@@ -41,6 +41,7 @@ class _Graph:
     eps: torch.Tensor | None
     out: torch.Tensor
     memory_bytes: int
+    parameter_addresses: tuple[int, ...]
 
 
 class ResFlowSampler:
@@ -75,6 +76,7 @@ class ResFlowSampler:
         self._time_tensors: dict[str, torch.Tensor] = {}
 
     # -- public ----------------------------------------------------------------------------------
+    @torch.no_grad()
     def __call__(self, lq: torch.Tensor, seed: int = 0, eps: torch.Tensor | None = None, clamp: bool = True) -> torch.Tensor:
         """Restore ``lq`` (B, C, H, W) in [-1, 1]; returns fp32 x at t = 0 on lq's device."""
         if lq.ndim != 4:
@@ -92,7 +94,8 @@ class ResFlowSampler:
                 raise ValueError(f"eps has shape {tuple(eps.shape)}, expected {tuple(lq.shape)}")
             eps = eps.to(lq.device, torch.float32)
         if self.cuda_graphs and lq.is_cuda:
-            return self._replay(lq, eps, clamp)
+            with torch.cuda.device(lq.device):
+                return self._replay(lq, eps, clamp)
         return self._restore(lq.float(), eps, clamp)
 
     def graph_memory_bytes(self) -> dict[tuple, int]:
@@ -123,9 +126,10 @@ class ResFlowSampler:
             x, y = z[:, :C].contiguous(memory_format=cl), z[:, C:].contiguous(memory_format=cl)
         else:
             z, size = pad_to_multiple(lq, net.multiple)
-            x, y = z.contiguous(memory_format=cl), None
+            x, y = z.clone(memory_format=cl), None  # without padding z is the caller's own tensor
         conditioning = net.prepare(self._times(lq.device), lq.shape[0])
-        z_in = z.to(dtype).contiguous(memory_format=torch.channels_last)  # the network input, rewritten each step
+        # the network input, rewritten by every Euler step (a copy: z may be the caller's tensor)
+        z_in = z.to(dtype=dtype, memory_format=cl, copy=True)
         for k in range(self.steps):
             t, t_next = self.grid[k], self.grid[k + 1]
             v = net(z_in, conditioning[k])
@@ -134,9 +138,16 @@ class ResFlowSampler:
         x = crop_to(x, size)
         return (x.clamp(-1.0, 1.0) if clamp else x).contiguous()
 
+    def _parameter_addresses(self) -> tuple[int, ...]:
+        return tuple(p.data_ptr() for p in self.model.parameters())
+
     def _replay(self, lq: torch.Tensor, eps: torch.Tensor | None, clamp: bool) -> torch.Tensor:
         key = (tuple(lq.shape), str(lq.device), clamp, self.dtype)
         g = self._graphs.get(key)
+        # A graph reads the parameters at the addresses they had at capture: in-place optimizer
+        # updates are seen, but a model moved or reloaded elsewhere needs a new capture.
+        if g is not None and g.parameter_addresses != self._parameter_addresses():
+            g = None
         if g is None:
             g = self._capture(lq, eps, clamp)
             self._graphs[key] = g
@@ -162,4 +173,5 @@ class ResFlowSampler:
         with torch.cuda.graph(graph):
             out = self._restore(static_lq, static_eps, clamp)
         torch.cuda.synchronize()
-        return _Graph(graph, static_lq, static_eps, out, torch.cuda.memory_reserved(lq.device) - before)
+        return _Graph(graph, static_lq, static_eps, out, torch.cuda.memory_reserved(lq.device) - before,
+                      self._parameter_addresses())
