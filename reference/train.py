@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -65,7 +66,6 @@ class TrainConfig:
     val_images: int = 4
     val_steps: int = 4
     max_minutes: float | None = None   # stop (and checkpoint) after this much wall time
-    num_workers: int = 0
     device: str = "auto"
     amp: bool = True                   # bf16 autocast on CUDA; ignored on CPU
 
@@ -82,8 +82,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainConfig.grad_clip must be positive (or None), got {self.grad_clip!r}")
-        if self.warmup_steps < 0 or self.num_workers < 0:
-            raise ValueError("TrainConfig.warmup_steps and num_workers must not be negative")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must not be negative, got {self.warmup_steps!r}")
         Schedule(self.schedule, self.beta, self.gamma)  # validates the schedule name and constants
         preset_config(self.preset, self.image_channels, dropout=self.dropout)  # validates the preset
 
@@ -103,9 +103,17 @@ def _world() -> tuple[int, int, int]:
 def _pick_device(requested: str, local_rank: int) -> torch.device:
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} requested but CUDA is not available")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available")
+        if device.index is None:  # under torchrun each process takes its own GPU
+            device = torch.device(f"cuda:{local_rank}")
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -137,9 +145,10 @@ class Trainer:
         self.loss_fn, self.sample_fn = loss_fn, sample_fn
         self.rank, self.world_size, local_rank = _world()
         self.device = _pick_device(config.device, local_rank)
+        if self.device.type == "cuda":
+            # Triton launches on the current device, whatever device its tensors are on
+            torch.cuda.set_device(self.device)
         if self.world_size > 1 and not dist.is_initialized():
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
         self.progress = progress and self.rank == 0
         self.schedule = Schedule(config.schedule, config.beta, config.gamma)
@@ -178,7 +187,8 @@ class Trainer:
         lq = torch.stack([p[1] for p in pairs]).to(self.device, non_blocking=True)
         return hq, lq
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; returns the loss, detached and left on the device (no sync)."""
         cfg = self.config
         hq, lq = self.batch(self.step)
         gen = _step_generator(cfg.seed, self.step, self.rank)
@@ -198,7 +208,7 @@ class Trainer:
         self.optimizer.step()
         self.update_ema()
         self.step += 1
-        return float(loss.detach())
+        return loss.detach()
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -238,11 +248,12 @@ class Trainer:
             "seed": self.config.seed,
             "world_size": self.world_size,
             "parameters": count_parameters(self.model),
-            "history": self.history[-20:],
+            "history": self.history[-20:],  # the full history is in train_state.pt and history.json
         }
 
     def train_state(self) -> dict:
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "history": self.history}
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -276,7 +287,19 @@ class Trainer:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = int(state["step"])
-        self.history = list(record.get("history", []))
+        self.history = list(state.get("history", record.get("history", [])))
+        self._warn_if_stream_changes(saved, record, path)
+
+    def _warn_if_stream_changes(self, saved: "TrainConfig", record: dict, path) -> None:
+        """Resume continues exactly only with the same data stream; changing it is allowed (to
+        fine-tune on other data, say) but said out loud."""
+        changed = [f"{n}: {getattr(saved, n)!r} -> {getattr(self.config, n)!r}"
+                   for n in ("seed", "batch_size", "crop", "data", "degradation") if getattr(saved, n) != getattr(self.config, n)]
+        if record.get("world_size", self.world_size) != self.world_size:
+            changed.append(f"world_size: {record.get('world_size')} -> {self.world_size}")
+        if changed and self.rank == 0:
+            warnings.warn(f"resuming {path} with a different data stream ({'; '.join(changed)}): "
+                          f"training continues, but not as the original run would have", stacklevel=3)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -288,36 +311,40 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        last_saved, loss = None, float("nan")
+        last_path, saved_step, loss = None, None, torch.tensor(float("nan"))
         try:
             while self.step < cfg.steps:
                 loss = self.train_step()
-                out_of_time = cfg.max_minutes is not None and time.monotonic() - start > 60 * cfg.max_minutes
-                if self.world_size > 1 and cfg.max_minutes is not None:
-                    # every rank must stop at the same step, or DDP hangs in the next all-reduce
-                    flag = torch.tensor([float(out_of_time)], device=self.device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    out_of_time = bool(flag.item())
+                out_of_time = False
+                if cfg.max_minutes is not None and self.step % 10 == 0:
+                    out_of_time = time.monotonic() - start > 60 * cfg.max_minutes
+                    if self.world_size > 1:
+                        # every rank must stop at the same step, or DDP hangs in the next all-reduce
+                        flag = torch.tensor([float(out_of_time)], device=self.device)
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                        out_of_time = bool(flag.item())
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}")
+                    if self.step % 10 == 0:  # reading the loss syncs with the GPU: not every step
+                        bar.set_postfix(loss=f"{float(loss):.4f}")
                 if self.step % cfg.val_every == 0 and self.rank == 0:
-                    self.history.append(dict(self.validate(), loss=loss))
+                    self.history.append(dict(self.validate(), loss=float(loss)))
                     if bar is not None:
                         h = self.history[-1]
                         bar.write(f"step {h['step']}: val PSNR {h['psnr_restored']:.2f} dB (input {h['psnr_input']:.2f} dB)")
                 if self.step % cfg.checkpoint_every == 0:
-                    last_saved = self.save()
+                    last_path, saved_step = self.save(), self.step
                 if out_of_time:
                     break
         finally:
             if bar is not None:
                 bar.close()
         if self.rank == 0 and (not self.history or self.history[-1]["step"] != self.step):
-            self.history.append(dict(self.validate(), loss=loss))
-        if last_saved is None or self.step % cfg.checkpoint_every:
-            last_saved = self.save()
-        return {"step": self.step, "checkpoint": str(last_saved) if last_saved else None,
+            self.history.append(dict(self.validate(), loss=float(loss)))
+        # the same decision on every rank: save() holds a barrier all of them must reach
+        if saved_step != self.step:
+            last_path, saved_step = self.save(), self.step
+        return {"step": self.step, "checkpoint": str(last_path) if last_path else None,
                 "validation": self.history[-1] if self.history else None}
 
     def close(self) -> None:

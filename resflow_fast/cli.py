@@ -247,7 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", dest="val_every", type=int)
     t.add_argument("--val-images", dest="val_images", type=int)
     t.add_argument("--max-minutes", dest="max_minutes", type=float)
-    t.add_argument("--num-workers", dest="num_workers", type=int)
     t.add_argument("--device")
     t.add_argument("--no-amp", dest="amp", action="store_const", const=False)
     t.add_argument("--resume", nargs="?", const=True, default=None,

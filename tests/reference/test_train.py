@@ -73,8 +73,9 @@ def test_checkpoint_records_config_and_provenance(tmp_path):
 
 
 def test_max_minutes_stops_and_checkpoints(tmp_path):
+    # the clock is read every 10 steps (under DDP that read is an all-reduce)
     result = train(_tiny(tmp_path, steps=10**6, max_minutes=1e-9), progress=False)
-    assert result["step"] == 1 and latest_checkpoint(tmp_path / "run").name == "step-00000001"
+    assert result["step"] == 10 and latest_checkpoint(tmp_path / "run").name == "step-00000010"
 
 
 def test_resume_refuses_another_model(tmp_path):
@@ -123,7 +124,7 @@ DDP_SCRIPT = textwrap.dedent("""
     from resflow_fast.reference.train import TrainConfig, Trainer
     out = sys.argv[1]
     cfg = TrainConfig(preset="test", crop=16, batch_size=2, steps=3, lr=1e-3, out_dir=out + "/run",
-                      checkpoint_every=1000, val_every=1000, val_images=1, degradation="noise:25", device="cpu")
+                      checkpoint_every=3, val_every=1000, val_images=1, degradation="noise:25", device="cpu")
     trainer = Trainer(cfg, progress=False)
     trainer.fit()
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in trainer.model.state_dict().values())).hexdigest()
@@ -135,6 +136,7 @@ DDP_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+    """Also the last step is a checkpoint step: every rank must agree not to save twice."""
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -145,3 +147,24 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert ranks[0][:2] == ["2", "3"] and ranks[1][:2] == ["2", "3"]
     assert ranks[0][2] == ranks[1][2], "ranks ended with different weights"
     assert latest_checkpoint(tmp_path / "run").name == "step-00000003"
+
+
+def test_resume_history_is_complete(tmp_path):
+    train(_tiny(tmp_path, steps=3, val_every=1), progress=False)
+    result = train(_tiny(tmp_path, steps=5, val_every=1), resume=True, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5] and result["step"] == 5
+
+
+def test_resume_with_another_data_stream_warns(tmp_path):
+    train(_tiny(tmp_path, steps=1), progress=False)
+    with pytest.warns(UserWarning, match="different data stream.*seed: 0 -> 1"):
+        Trainer(_tiny(tmp_path, steps=2, seed=1), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("device, match", [("gpu", "unknown device 'gpu'"), ("cuda:0", "CUDA is not available")])
+def test_bad_devices_are_clear_errors(tmp_path, device, match):
+    if torch.cuda.is_available() and device == "cuda:0":
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match=match):
+        Trainer(_tiny(tmp_path, device=device), progress=False)
