@@ -19,6 +19,8 @@ instead of comparing the twin with itself.
 """
 from __future__ import annotations
 
+import contextlib
+
 import collections
 import logging
 import os
@@ -160,6 +162,12 @@ def empty_like_layout(t: torch.Tensor, dtype: torch.dtype | None = None, channel
     fmt = torch.channels_last if is_channels_last(t) else torch.contiguous_format
     return torch.empty((n, c if channels is None else channels, h, w), dtype=dtype or t.dtype,
                        device=t.device, memory_format=fmt)
+
+
+def on_device_of(t: torch.Tensor):
+    """Triton launches on the *current* CUDA device, not on its tensors' device: make the
+    tensor's device current for the launch (a no-op context on the CPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def cdiv(a: int, b: int) -> int:

@@ -43,6 +43,7 @@ from ._runtime import (
     is_channels_last,
     is_dense_4d,
     needs_autograd,
+    on_device_of,
     record_launch,
     tl,
     triton,
@@ -144,7 +145,8 @@ def _run_into(x, y, v, dt, y_scale, x_out, y_out, next_input) -> None:
         if is_channels_last(x_out) != is_channels_last(x) or (
                 y is not None and is_channels_last(y_out) != is_channels_last(y)):
             raise ValueError("euler_step: x_out/y_out must have the layout of x/y")
-        _launch(x, y, v, dt, y_scale, x_out, y_out, next_input)
+        with on_device_of(x):
+            _launch(x, y, v, dt, y_scale, x_out, y_out, next_input)
         return
     x_new, y_new = _reference_update(x, y, v, dt, y_scale)
     x_out.copy_(x_new)

@@ -59,6 +59,7 @@ from ._runtime import (
     is_dense_4d,
     needs_autograd,
     next_power_of_2,
+    on_device_of,
     record_launch,
     tl,
     triton,
@@ -348,7 +349,8 @@ def _run_into(x, num_groups, weight, bias, scale, shift, eps, apply_silu, out) -
         return
     x = as_dense_4d(x)
     if use_triton(x, weight, bias, scale, shift, out):
-        _launch(x, num_groups, weight, bias, scale, shift, eps, apply_silu, out)
+        with on_device_of(x):
+            _launch(x, num_groups, weight, bias, scale, shift, eps, apply_silu, out)
     else:
         out.copy_(_reference_fp32(x, num_groups, weight, bias, scale, shift, eps, apply_silu))
 

@@ -42,6 +42,7 @@ from ._runtime import (
     is_channels_last,
     is_dense_4d,
     needs_autograd,
+    on_device_of,
     record_launch,
     tl,
     triton,
@@ -112,7 +113,7 @@ def _velocity_loss_kernel(
     lq_ptr,  # (N, C, H, W) any float dtype, dense, layout LQ_CL
     eps_ptr,  # (N, C, H, W) any float dtype, dense, layout EPS_CL; read if HAS_Y
     coef_ptr,  # (N, 4) fp32: d alpha_x/dt, d sigma_x/dt, sigma_y'(t_n), lambda(t_n)
-    grad_ptr,  # (N, C_v, H, W) v's dtype and layout: dL/dv (6); written if WRITE_GRAD
+    grad_ptr,  # (N, C_v, H, W) fp32 in v's layout: dL/dv (6); written if WRITE_GRAD
     partial_ptr,  # (N, num_blocks) fp32 out: lambda(t_n) * sum of (v - target)^2 over this block
     C, HW, num_blocks, grad_scale,  # grad_scale = 2 / (N * C_v * H * W)
     HAS_Y: tl.constexpr,
@@ -215,12 +216,13 @@ def _training_input_into(hq, lq, eps, coefficients, out) -> None:
     eps = as_dense_4d(eps) if eps is not None else None
     if use_triton(hq, lq, eps, coefficients, out):
         N, C, H, W = hq.shape
-        _training_input_kernel[(cdiv(C * H * W, BLOCK), N)](
-            hq, lq, eps if eps is not None else hq, coefficients, out, C, H * W,
-            HAS_Y=eps is not None, HQ_CL=is_channels_last(hq), LQ_CL=is_channels_last(lq),
-            EPS_CL=eps is not None and is_channels_last(eps), Z_CL=is_channels_last(out),
-            BLOCK=BLOCK, num_warps=NUM_WARPS,
-        )
+        with on_device_of(hq):
+            _training_input_kernel[(cdiv(C * H * W, BLOCK), N)](
+                hq, lq, eps if eps is not None else hq, coefficients, out, C, H * W,
+                HAS_Y=eps is not None, HQ_CL=is_channels_last(hq), LQ_CL=is_channels_last(lq),
+                EPS_CL=eps is not None and is_channels_last(eps), Z_CL=is_channels_last(out),
+                BLOCK=BLOCK, num_warps=NUM_WARPS,
+            )
         record_launch("training_input")
     else:
         _training_input_twin(hq, lq, eps, coefficients, out)
@@ -241,22 +243,25 @@ def _velocity_loss_and_grad(v, hq, lq, eps, coefficients, compute_grad):
     grad_scale = 2.0 / v.numel() if v.numel() else 0.0
     v, hq, lq = as_dense_4d(v), as_dense_4d(hq), as_dense_4d(lq)
     eps = as_dense_4d(eps) if eps is not None else None
-    grad_v = empty_like_layout(v) if compute_grad else v.new_empty((0,))
+    # fp32 even for bf16/fp16 v: dL/dv is ~2/numel small (1e-7 at 3M elements), below fp16's
+    # subnormals, and is scaled by grad_loss (a GradScaler's large factor) only in backward
+    grad_v = empty_like_layout(v, dtype=torch.float32) if compute_grad else v.new_empty((0,))
     if v.numel() == 0:
         return v.new_full((), float("nan"), dtype=torch.float32), grad_v
     if use_triton(v, hq, lq, eps, coefficients):
         _, C, H, W = hq.shape
         num_blocks = cdiv(C * H * W, BLOCK)
         partials = torch.empty((N, num_blocks), dtype=torch.float32, device=v.device)
-        _velocity_loss_kernel[(num_blocks, N)](
-            v, hq, lq, eps if eps is not None else hq, coefficients,
-            grad_v if compute_grad else v, partials,
-            C, H * W, num_blocks, grad_scale,
-            HAS_Y=eps is not None, WRITE_GRAD=compute_grad,
-            HQ_CL=is_channels_last(hq), LQ_CL=is_channels_last(lq),
-            EPS_CL=eps is not None and is_channels_last(eps), V_CL=is_channels_last(v),
-            BLOCK=BLOCK, num_warps=NUM_WARPS,
-        )
+        with on_device_of(v):
+            _velocity_loss_kernel[(num_blocks, N)](
+                v, hq, lq, eps if eps is not None else hq, coefficients,
+                grad_v if compute_grad else v, partials,
+                C, H * W, num_blocks, grad_scale,
+                HAS_Y=eps is not None, WRITE_GRAD=compute_grad,
+                HQ_CL=is_channels_last(hq), LQ_CL=is_channels_last(lq),
+                EPS_CL=eps is not None and is_channels_last(eps), V_CL=is_channels_last(v),
+                BLOCK=BLOCK, num_warps=NUM_WARPS,
+            )
         record_launch("velocity_loss")
         # a fixed-shape torch reduction: deterministic run to run, unlike atomics
         return partials.sum() * (0.5 * grad_scale), grad_v
@@ -321,7 +326,7 @@ def _weighted_velocity_loss_fwd_op(
 @_weighted_velocity_loss_fwd_op.register_fake
 def _(v, hq, lq, eps, coefficients, compute_grad):
     loss = v.new_empty((), dtype=torch.float32)
-    return loss, (empty_like_layout(as_dense_4d(v)) if compute_grad else v.new_empty((0,)))
+    return loss, (empty_like_layout(as_dense_4d(v), dtype=torch.float32) if compute_grad else v.new_empty((0,)))
 
 
 class _WeightedVelocityLoss(torch.autograd.Function):
@@ -331,12 +336,13 @@ class _WeightedVelocityLoss(torch.autograd.Function):
     def forward(ctx, v, hq, lq, eps, coefficients):
         loss, grad_v = torch.ops.resflow_fast.weighted_velocity_loss_fwd(v, hq, lq, eps, coefficients, True)
         ctx.save_for_backward(grad_v)
+        ctx.v_dtype = v.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (grad_v,) = ctx.saved_tensors
-        return grad_v * grad_loss, None, None, None, None
+        (grad_v,) = ctx.saved_tensors  # fp32: scale first, round to v's dtype last
+        return (grad_v * grad_loss).to(ctx.v_dtype), None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------------

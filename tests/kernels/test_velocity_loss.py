@@ -338,3 +338,24 @@ def test_cuda_loss_is_deterministic_and_sizes_do_not_recompile():
     for h, w in ((37, 53), (255, 257), (1, 1), (512, 384), (17, 1)):
         run(h, w)
     assert [_runtime.compiled_variants(k) for k in kernels] == variants
+
+
+def test_fp16_gradient_survives_a_loss_scale(monkeypatch):
+    """dL/dv is ~2/numel small: stored in fp16 before scaling it would flush to zero. The fused
+    loss keeps it fp32 until backward has applied grad_loss (a GradScaler's 2**16 here)."""
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")  # the buffer logic is the launcher's, not the kernel's
+    schedule = Schedule()
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 3, 256, 256)
+    hq = torch.rand(shape, generator=g)
+    lq = hq + 0.01 * torch.randn(shape, generator=g)
+    eps = torch.randn(shape, generator=g)
+    t = torch.tensor([0.999, 0.999])
+    target = schedule.target_velocity(hq, lq, eps, t)
+    v = (target + 0.01 * torch.randn(target.shape, generator=g)).half().requires_grad_()
+    (weighted_velocity_loss(v, hq, lq, eps, t, schedule) * 2.0**16).backward()
+    v32 = v.detach().float().requires_grad_()
+    (weighted_velocity_loss_reference(v32, hq, lq, eps, t, schedule) * 2.0**16).backward()
+    assert v.grad.dtype == torch.float16
+    assert (v.grad != 0).float().mean() > 0.99, "the fp16 gradient flushed to zero"
+    torch.testing.assert_close(v.grad.float(), v32.grad, atol=1e-5, rtol=1e-2)
