@@ -19,6 +19,7 @@ which no training index reaches (see :func:`validation_set`).
 """
 from __future__ import annotations
 
+import abc
 import copy
 import struct
 from collections import OrderedDict
@@ -205,7 +206,7 @@ def _as_degradation(degradation: str | Degradation | None, where: str) -> Degrad
     return degradation if isinstance(degradation, Degradation) else parse_degradation(degradation)
 
 
-class _IndexedDataset:
+class _IndexedDataset(abc.ABC):
     """Shared machinery: index -> rng -> (HQ, LQ) in [0, 1] -> model-range tensors."""
 
     kind = "indexed"
@@ -215,9 +216,9 @@ class _IndexedDataset:
         self.seed = _check_non_negative_int("seed", seed)
         self._stream: tuple[int, ...] = ()  # () for training, (VALIDATION_STREAM,) for validation
 
+    @abc.abstractmethod
     def _pair01(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(HQ, LQ) as float32 HWC in [0, 1], every random choice from ``rng``."""
-        raise NotImplementedError
 
     def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (hq, lq) pair for ``index``: float32 (C, crop, crop) tensors in [-1, 1]; same index, same pair."""
