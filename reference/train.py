@@ -100,7 +100,8 @@ def _world() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device; index-less cuda is this process's GPU."""
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -144,7 +145,7 @@ class Trainer:
         # sampler without the reference importing upward; both keep the reference signatures.
         self.loss_fn, self.sample_fn = loss_fn, sample_fn
         self.rank, self.world_size, local_rank = _world()
-        self.device = _pick_device(config.device, local_rank)
+        self.device = pick_device(config.device, local_rank)
         if self.device.type == "cuda":
             # Triton launches on the current device, whatever device its tensors are on
             torch.cuda.set_device(self.device)

@@ -24,11 +24,10 @@ class UsageError(ValueError):
 # helpers shared by the commands
 # ----------------------------------------------------------------------------------------------
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    """--device as the trainer resolves it (one rule for every command; bad names are ValueErrors)."""
+    from .reference.train import pick_device
+
+    return pick_device(name, int(os.environ.get("LOCAL_RANK", 0)))
 
 
 #: File endings `resflow restore` picks up in folders (explicitly named files may have any ending).
@@ -112,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(**overrides)
     from .training import trainer_hooks
 
-    device = _device(config.device) if config.device == "auto" else torch.device(config.device)
+    device = _device(config.device)
     result = train(config, resume=args.resume if args.resume is not None else False, progress=not args.quiet,
                    **trainer_hooks(device))
     if int(os.environ.get("RANK", 0)) == 0:

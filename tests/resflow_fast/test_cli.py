@@ -81,3 +81,10 @@ def test_unknown_preset_is_refused_by_the_parser(tmp_path):
 def test_bench_hands_its_arguments_to_the_benchmark(capsys):
     assert main(["bench", "--device", "cpu", "--dry-run"]) == 0
     assert "estimated end" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["train", "--quiet"], ["demo", "--quiet"]])
+def test_an_unknown_device_is_one_clear_line(tmp_path, command):
+    proc = subprocess.run([sys.executable, "-m", "resflow_fast", *command, "--device", "gpu"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown device 'gpu'" in proc.stderr and "Traceback" not in proc.stderr
