@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import (CheckpointError, atomic_write_bytes, latest_checkpoint, load_state_strict, load_training_checkpoint,
+from .checkpoint import (CheckpointError, atomic_write_bytes, latest_checkpoint, load_model, load_state_strict, load_training_checkpoint,
                          save_training_checkpoint)
 from .data import build_dataset, validation_set
 from .losses import velocity_matching_loss
@@ -68,6 +68,7 @@ class TrainConfig:
     max_minutes: float | None = None   # stop (and checkpoint) after this much wall time
     device: str = "auto"
     amp: bool = True                   # bf16 autocast on CUDA; ignored on CPU
+    init_from: str | None = None       # start a new run from these weights (fine-tuning); see Trainer
 
     def __post_init__(self) -> None:
         positive = ("image_channels", "crop", "batch_size", "steps", "checkpoint_every", "keep_last",
@@ -172,6 +173,23 @@ class Trainer:
             if path is None:
                 raise CheckpointError(f"--resume: no checkpoint found in {config.out_dir}")
             self.load(path)
+        elif config.init_from is not None:
+            self.initialise_from(config.init_from)
+
+    def initialise_from(self, path: str | os.PathLike) -> None:
+        """Fine-tuning: step 0, a fresh optimizer, model and EMA both set to ``path``'s (EMA) weights.
+
+        Unlike resume, the objective may change (loss weight ``gamma``, data, degradations); the
+        architecture and the schedule family may not, since the weights would not fit or would
+        have learnt another path. A resumed run keeps its own weights and ignores this.
+        """
+        unet, schedule, _ = load_model(path, expected=self.unet_config)
+        if (schedule.name, schedule.beta) != (self.schedule.name, self.schedule.beta):
+            raise CheckpointError(f"{path}: weights were trained on schedule {schedule.name!r} with beta "
+                                  f"{schedule.beta}, this run asks for {self.schedule.name!r} with beta {self.schedule.beta}")
+        state = {k: v.to(self.device) for k, v in unet.state_dict().items()}
+        self.model.load_state_dict(state)
+        self.ema.load_state_dict(state)
 
     # -- one step -------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:

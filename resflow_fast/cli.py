@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-amp", dest="amp", action="store_const", const=False)
     t.add_argument("--resume", nargs="?", const=True, default=None,
                    help="continue the latest checkpoint in --out-dir, or the given checkpoint folder")
+    t.add_argument("--init-from", dest="init_from",
+                   help="fine-tune: start a new run (step 0, fresh optimizer) from this weights file or checkpoint")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

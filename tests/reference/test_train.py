@@ -168,3 +168,28 @@ def test_bad_devices_are_clear_errors(tmp_path, device, match):
         pytest.skip("CUDA is available here")
     with pytest.raises(ValueError, match=match):
         Trainer(_tiny(tmp_path, device=device), progress=False)
+
+
+def test_init_from_fine_tunes_from_weights_with_another_objective(tmp_path):
+    source = train(_tiny(tmp_path / "source", steps=2), progress=False)["checkpoint"]
+    expected, _, _ = load_model(source)  # the EMA weights
+    # another loss weight and another degradation are allowed: that is what fine-tuning is for
+    tuned = Trainer(_tiny(tmp_path / "tuned", steps=2, gamma=0.0, degradation="jpeg:20", init_from=str(source)),
+                    progress=False)
+    assert tuned.step == 0
+    for module in (tuned.model, tuned.ema):
+        got = module.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in expected.state_dict().items())
+    result = tuned.fit()
+    _, _, record = load_model(result["checkpoint"])
+    assert record["train"]["init_from"] == str(source) and record["step"] == 2
+
+
+def test_init_from_refuses_other_architectures_and_schedules(tmp_path):
+    source = str(train(_tiny(tmp_path / "source", steps=1), progress=False)["checkpoint"])
+    with pytest.raises(CheckpointError, match="expected"):
+        Trainer(_tiny(tmp_path / "a", preset="default", init_from=source), progress=False)
+    with pytest.raises(CheckpointError, match="schedule 'entropy_preserving'"):
+        Trainer(_tiny(tmp_path / "b", schedule="linear", init_from=source), progress=False)
+    with pytest.raises(CheckpointError):
+        Trainer(_tiny(tmp_path / "c", init_from=str(tmp_path / "missing")), progress=False)
