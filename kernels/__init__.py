@@ -8,6 +8,7 @@ the kernels when Triton is missing, the tensors are on CPU without ``TRITON_INTE
 """
 from ._runtime import triton_available, use_triton
 from .euler_step import euler_step, euler_step_reference, exact_y_scale
+from .fused_conv3x3 import fused_conv3x3, fused_conv3x3_reference, pack_conv3x3_weight
 from .group_norm_modulate_silu import group_norm_modulate_silu, group_norm_modulate_silu_reference
 from .velocity_loss import (
     training_input,
@@ -28,4 +29,7 @@ __all__ = [
     "weighted_velocity_loss_reference",
     "triton_available",
     "use_triton",
+    "fused_conv3x3",
+    "fused_conv3x3_reference",
+    "pack_conv3x3_weight",
 ]
