@@ -283,9 +283,18 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
             "train_state": train_state, "record": record, "path": path}
 
 
-def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True) -> Path:
-    """Write an inference-only weights file (EMA weights by default) from a training checkpoint."""
+def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
+                   half: bool = False) -> Path:
+    """Write an inference-only weights file (EMA weights by default) from a training checkpoint.
+
+    ``half`` stores the floating-point tensors as fp16 (half the file; loading casts them back to
+    the fp32 model, so the model runs what fp16 rounding left: about 3 significant digits).
+    """
     model, _, record = load_model(checkpoint, use_ema=use_ema)
-    record = dict(record, exported_from=str(checkpoint), weights="ema" if use_ema else "model")
-    save_weights(out, model.state_dict(), record)
+    state = model.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    record = dict(record, exported_from=str(checkpoint), weights="ema" if use_ema else "model",
+                  stored_dtype="float16" if half else "float32")
+    save_weights(out, state, record)
     return Path(out)

@@ -1,4 +1,4 @@
-"""The ``resflow`` command: ``train``, ``restore``, ``export`` and ``demo``.
+"""The ``resflow`` command: ``train``, ``restore``, ``export``, ``demo``, ``bench`` and ``eval``.
 
 Errors a user can act on (a bad path, a corrupt checkpoint, an unknown preset...) are printed as
 one line naming the problem, with exit status 2 and no traceback; ``RESFLOW_DEBUG=1`` shows it.
@@ -169,7 +169,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .reference.checkpoint import export_weights
 
-    path = export_weights(args.checkpoint, args.output, use_ema=not args.raw)
+    path = export_weights(args.checkpoint, args.output, use_ema=not args.raw, half=args.half)
     print(f"wrote {path}")
     return 0
 
@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("output")
     e.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    e.add_argument("--half", action="store_true", help="store the weights as fp16 (half the file size)")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="train a tiny denoiser for about a minute and restore a held-out image")
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     # `resflow bench ...` hands all its arguments to the benchmark's own parser (see main()).
     sub.add_parser("bench", help="the side-by-side benchmark table (GPU); `resflow bench --help` for its options",
                    add_help=False)
+    # `resflow eval ...` likewise hands its arguments to resflow_fast.evaluate's parser.
+    sub.add_parser("eval", help="regenerate docs/EVAL.md: the embedded models against classical restorers; "
+                   "`resflow eval --help` for its options", add_help=False)
     return parser
 
 
@@ -304,10 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         from .benchmarks.bench import main as bench_main
 
         return bench_main(argv[1:], prog="resflow bench")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["eval"]:
+        from .evaluate import main as eval_main
+
+        run = lambda: eval_main(argv[1:], prog="resflow eval")  # noqa: E731
+    else:
+        args = build_parser().parse_args(argv)
+        run = lambda: args.func(args)  # noqa: E731
     try:
-        return args.func(args)
+        return run()
     except (ValueError, OSError) as e:  # user-facing errors (CheckpointError, DataError are ValueErrors)
         if os.environ.get("RESFLOW_DEBUG"):
             raise

@@ -95,6 +95,19 @@ def test_export_writes_ema_weights(tmp_path):
     assert all(torch.equal(tensors[k], v) for k, v in ema.state_dict().items())
 
 
+
+def test_half_export_is_fp16_and_loads_into_the_fp32_model(tmp_path):
+    model, ema = build_unet("test"), build_unet("test")
+    save_training_checkpoint(tmp_path, 5, model.state_dict(), ema.state_dict(), {"step": 5}, _record(step=5))
+    out = export_weights(tmp_path, tmp_path / "half.safetensors", half=True)
+    tensors, record = load_weights(out)
+    assert record["stored_dtype"] == "float16"
+    assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
+    loaded, _, _ = load_model(out)
+    for k, v in ema.state_dict().items():
+        got = loaded.state_dict()[k]
+        assert got.dtype == v.dtype and torch.equal(got, v.half().to(v.dtype))
+
 # -- what loading refuses ------------------------------------------------------------------------
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
