@@ -32,6 +32,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.0", "pytest-benchmark>=4.0", "scikit-image>=0.21"],
+        # `resflow eval`'s classical baselines; never needed at run time (bm3d's licence is non-commercial)
+        "eval": ["scikit-image>=0.21", "PyWavelets>=1.4", "opencv-python-headless>=4.8", "bm3d>=4.0"],
     },
     entry_points={"console_scripts": ["resflow = resflow_fast.cli:main"]},
 )
