@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import (CheckpointError, atomic_write_bytes, latest_checkpoint, load_model, load_state_strict, load_training_checkpoint,
-                         save_training_checkpoint)
+from .checkpoint import (CheckpointError, atomic_write_bytes, latest_checkpoint, list_checkpoints, load_model,
+                         load_state_strict, load_training_checkpoint, save_training_checkpoint)
 from .data import build_dataset, validation_set
 from .losses import velocity_matching_loss
 from .metrics import psnr
@@ -173,8 +173,20 @@ class Trainer:
             if path is None:
                 raise CheckpointError(f"--resume: no checkpoint found in {config.out_dir}")
             self.load(path)
+            self._refuse_newer_checkpoints(path)
         elif config.init_from is not None:
             self.initialise_from(config.init_from)
+
+    def _refuse_newer_checkpoints(self, resumed: Path) -> None:
+        """Resuming an older checkpoint into a run folder that holds newer ones would mix two
+        histories: pruning keeps the newest steps (the abandoned ones) and deletes this run's, and a
+        later ``--resume`` would pick the abandoned latest. Nothing is deleted; the user chooses."""
+        newer = [p for p in list_checkpoints(self.config.out_dir) if int(p.name.split("-")[1]) > self.step]
+        if newer:
+            raise CheckpointError(
+                f"--resume {resumed}: {self.config.out_dir} already holds later checkpoints "
+                f"({', '.join(p.name for p in newer[:3])}{', ...' if len(newer) > 3 else ''}) that this run would "
+                f"mix with its own; continue in another --out-dir, or move those folders away")
 
     def initialise_from(self, path: str | os.PathLike) -> None:
         """Fine-tuning: step 0, a fresh optimizer, model and EMA both set to ``path``'s (EMA) weights.

@@ -193,3 +193,18 @@ def test_init_from_refuses_other_architectures_and_schedules(tmp_path):
         Trainer(_tiny(tmp_path / "b", schedule="linear", init_from=source), progress=False)
     with pytest.raises(CheckpointError):
         Trainer(_tiny(tmp_path / "c", init_from=str(tmp_path / "missing")), progress=False)
+
+
+def test_resuming_an_older_checkpoint_among_newer_ones_is_refused(tmp_path):
+    """Pruning keeps the newest steps, so the abandoned later checkpoints would survive and this
+    run's would be deleted; the trainer refuses instead, and deletes nothing."""
+    train(_tiny(tmp_path, steps=4, checkpoint_every=2, keep_last=5), progress=False)
+    run = tmp_path / "run"
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(CheckpointError, match="already holds later checkpoints .step-00000004"):
+        Trainer(_tiny(tmp_path, steps=6, keep_last=5), resume=str(run / "step-00000002"), progress=False)
+    assert sorted(p.name for p in run.iterdir()) == before
+    # into a fresh folder it continues from step 2
+    other = Trainer(_tiny(tmp_path, steps=6, out_dir=str(tmp_path / "branch")), resume=str(run / "step-00000002"),
+                    progress=False)
+    assert other.step == 2
