@@ -6,10 +6,14 @@ eager fp32 reference, eager bf16 channels-last, torch.compile, the fast path and
 a CUDA graph (anchors.md, "How to report"). The run is a time-bounded plan (see ``plan.py``): it
 fits ``--budget-s`` and reports what it skipped and why. ``--device cpu`` is the smoke mode that
 keeps the harness tested without a GPU (tiny preset, 32x32, the fast path is the reference).
+``--conv-layers`` adds issue 7's per-layer table after the rest (``conv_rows.py``): every 3x3 conv
+shape of a preset at one size (default the paper model at 1024^2), ``fused_conv3x3`` against cuDNN
++ the fused norm; ``--only conv`` runs it alone.
 
     python -m resflow_fast.benchmarks --out results/ [--write-benchmarks-md]
     python -m resflow_fast.benchmarks --dry-run          # the plan and its time estimates, no timing
     python -m resflow_fast.benchmarks --device cpu --out /tmp/smoke
+    python -m resflow_fast.benchmarks --only conv --out results/ [--conv-layers paper:2048]
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import conv_rows
 from . import plan as plans
 from .measure import Clock, EnergyMeter, ceilings, environment, refusal_to_time
 from .report import Report, write_benchmarks_md
@@ -35,6 +40,11 @@ PROFILES = {
     "cpu": dict(presets=("test",), sizes=("32",), batch=(1,), compile="none", window_s=0.0, budget_s=300.0,
                 max_call_s=60.0, cap_s=5.0, threads=1),
 }
+
+
+#: What --only may name: the kernels, the restore variants, and the per-layer conv table, which
+#: runs only when named here or by --conv-layers (never by default).
+ONLY_CHOICES = (*plans.SECTIONS, "conv")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -62,10 +72,21 @@ def parse_args(argv: list[str], prog: str = PROG) -> argparse.Namespace:
                                                  "3840x2160 runs for the default preset only; cpu: 32)")
     what.add_argument("--batch", type=_int_csv, help="comma list (cuda: 1,8; cpu: 1)")
     what.add_argument("--only", type=_csv, default=plans.SECTIONS,
-                      help=f"comma list out of {','.join(plans.SECTIONS)} (default: all)")
+                      help=f"comma list out of {','.join(ONLY_CHOICES)} (default: all but conv, which "
+                           "only runs when named here or by --conv-layers)")
     what.add_argument("--compile", choices=("subset", "all", "none"),
                       help="where torch.compile runs: 1024^2 batch 1 per preset (cuda default), every cell, nowhere (cpu default)")
     what.add_argument("--max-autotune", action="store_true", help="torch.compile mode max-autotune (its tuning takes minutes)")
+    conv = p.add_argument_group("per-layer 3x3 conv table (issue 7; off unless asked for)")
+    conv.add_argument("--conv-layers", nargs="?", const="", metavar="PRESET:SIZE",
+                      help="after the rest, time every 3x3 conv shape of PRESET at SIZE (1024 or WxH) as "
+                           "cuDNN + fused norm and as fused_conv3x3 (without a value: "
+                           f"{conv_rows.CONV_DEFAULTS['cuda']} on cuda, {conv_rows.CONV_DEFAULTS['cpu']} on cpu)")
+    conv.add_argument("--conv-batch", type=_positive_int, default=1, help="batch of those convs (default 1)")
+    conv.add_argument("--conv-budget-s", type=_non_negative, default=0.0,
+                      help="seconds the conv table may run beyond --budget-s: its shapes must end by "
+                           "--budget-s + this, counted from the start of the run (default 0: what the "
+                           "rest leaves of --budget-s)")
     time_ = p.add_argument_group("time")
     time_.add_argument("--budget-s", type=float, help="rows estimated to end after this many seconds are skipped "
                                                       "(cuda: 440, so the whole command fits 8 minutes)")
@@ -89,7 +110,7 @@ def parse_args(argv: list[str], prog: str = PROG) -> argparse.Namespace:
             setattr(args, key, value)
     from resflow_fast.reference.unet import PRESETS
 
-    for flag, given, known in (("--only", args.only, plans.SECTIONS), ("--presets", args.presets, PRESETS)):
+    for flag, given, known in (("--only", args.only, ONLY_CHOICES), ("--presets", args.presets, PRESETS)):
         if set(given) - set(known):
             p.error(f"{flag}: unknown {sorted(set(given) - set(known))}; choose from {','.join(known)}")
     try:
@@ -97,7 +118,33 @@ def parse_args(argv: list[str], prog: str = PROG) -> argparse.Namespace:
     except ValueError as e:
         p.error(str(e))
     args.compile_mode = "max-autotune" if args.max_autotune else "default"
+    args.conv_spec = None  # (preset, height, width) of the conv table, or None
+    if args.conv_layers is None and "conv" in args.only:
+        args.conv_layers = ""
+    if args.conv_layers is not None:
+        try:
+            args.conv_spec = conv_rows.parse_spec(args.conv_layers or conv_rows.CONV_DEFAULTS[args.device])
+        except ValueError as e:
+            p.error(str(e))
+        if args.conv_spec[0] not in PRESETS:
+            p.error(f"--conv-layers: unknown preset {args.conv_spec[0]!r}; choose from {','.join(PRESETS)}")
     return args
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def make_plan(args) -> tuple[list[plans.Case], plans.CostModel]:
@@ -125,6 +172,7 @@ def dry_run(args) -> str:
     cases, cost = make_plan(args)
     clock = [0.0]
     budget = plans.Budget(args.budget_s, now=lambda: clock[0])
+    conv_budget = plans.Budget(args.budget_s + args.conv_budget_s, now=lambda: clock[0])
     lines = [f"plan for --budget-s {args.budget_s:g} (estimates from priors, not measurements):",
              f"{'start s':>8}  {'est s':>6}  row"]
     if "kernels" in args.only:
@@ -137,6 +185,17 @@ def dry_run(args) -> str:
             continue
         lines.append(f"{clock[0]:8.0f}  {estimate:6.0f}  {label}")
         clock[0] += estimate
+    if args.conv_spec:
+        layers, _ = conv_rows.conv_layers(*args.conv_spec, args.conv_batch)
+        estimate = conv_rows.ROW_PRIOR_S[args.device]
+        for layer in conv_rows.run_order(layers):
+            label = f"conv {layer.shape.label} x{layer.count}"
+            reason = conv_budget.skip_reason(estimate)
+            if reason:
+                lines.append(f"{'-':>8}  {estimate:6.0f}  {label}: skipped, {reason}{_conv_budget_note(args)}")
+                continue
+            lines.append(f"{clock[0]:8.0f}  {estimate:6.0f}  {label}")
+            clock[0] += estimate
     lines.append(f"estimated end: {clock[0]:.0f} s")
     return "\n".join(lines)
 
@@ -158,6 +217,7 @@ def run(args, command: str) -> Report:
     out = Path(args.out)
     report = Report(Path(args.json or out / "results.json"), Path(args.markdown or out / "results.md"), command)
     budget = plans.Budget(args.budget_s)
+    conv_budget = plans.Budget(args.budget_s + args.conv_budget_s)  # from the same start
     clock, meter = Clock(device), EnergyMeter(device)
     report.put("environment", environment(device, meter))
     report.put("ceilings", ceilings(device, clock))
@@ -194,8 +254,50 @@ def run(args, command: str) -> Report:
         compare_with_compile(case_rows)  # the fast rows come after compile's
         report.add("restore", row)
         progress(budget.elapsed(), f"{case.label} {row['label']}", row)
+    if args.conv_spec:
+        runner = inputs = None  # the restore's models and images: not needed by the conv shapes
+        if clock.cuda:
+            torch.cuda.empty_cache()
+        conv_table(args, report, device, clock, conv_budget, budget)
     report.put("elapsed_s", budget.elapsed())
     return report
+
+
+def _conv_budget_note(args) -> str:
+    """Said after a conv shape's budget skip when its budget is --budget-s + --conv-budget-s."""
+    return f" (= --budget-s {args.budget_s:g} + --conv-budget-s {args.conv_budget_s:g})" if args.conv_budget_s else ""
+
+
+def conv_table(args, report: Report, device: torch.device, clock: Clock, conv_budget: plans.Budget,
+               budget: plans.Budget) -> None:
+    """Issue 7's per-layer table into ``report["conv_layers"]``, rewritten after every shape."""
+    from resflow_fast.reference.unet import preset_config
+
+    preset, height, width = args.conv_spec
+    groups = preset_config(preset).num_groups
+    try:
+        layers, params = conv_rows.conv_layers(preset, height, width, args.conv_batch)
+        error = None
+    except Exception as e:  # noqa: BLE001 - recorded: the tables before it stay
+        layers, params, error = [], 0, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    section = conv_rows.new_section(preset, height, width, args.conv_batch, layers, params, device, groups)
+    if error:
+        section["error"] = f"shape enumeration failed: {error}"
+    else:
+        report.data["models"].setdefault(preset, {"params_m": params / 1e6})
+    report.put("conv_layers", section)
+    ordered = conv_rows.run_order(layers)
+    rows = conv_rows.time_layers(ordered, device, clock, conv_budget, groups, _conv_budget_note(args))
+    for layer, row in zip(ordered, rows):
+        conv_rows.add_row(section, row)
+        report.put("conv_layers", section)
+        if row["status"] == "ok":
+            detail = (f"cuDNN + norm {row['cudnn_ms']:.4g} ms, fused {row['fused_ms']:.4g} ms "
+                      f"({row['speedup']:.2f}x), rel err {row['rel_err']:.2g}")
+        else:
+            detail = row.get("note", "")
+        print(f"[{budget.elapsed():7.1f} s] conv {layer.shape.label} x{layer.count} | {row['status']} | {detail}",
+              flush=True)
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:

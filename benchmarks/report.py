@@ -112,6 +112,10 @@ def render_section(data: dict) -> str:
         lines += ["### Kernels", "", *table(KERNEL_COLUMNS, rows), "", *map(_kernel_checks, data["kernels"]), ""]
     if data["restore"]:
         lines += ["### 4-step restore", "", *table(RESTORE_COLUMNS, _restore_display_rows(data)), ""]
+    if data.get("conv_layers"):  # only runs with --conv-layers have it (issue 7's per-layer table)
+        from .conv_rows import render_conv_section
+
+        lines += render_conv_section(data["conv_layers"])
     if "elapsed_s" in data:
         lines += [f"Whole run: {data['elapsed_s']:.0f} s.", ""]
     return "\n".join(lines)
