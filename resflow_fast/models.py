@@ -31,7 +31,8 @@ MODELS_DIR = Path(__file__).parent / "models"
 
 #: Embedded model names and what they restore.
 EMBEDDED_MODELS: dict[str, str] = {
-    "default": "the compact blind restorer (noise, JPEG, rain, haze, snow) the package ships",
+    "default": "the compact blind model the package ships, trained on Gaussian noise and JPEG (it denoises; "
+               "it does not yet deblock JPEG: docs/MODEL_CARD.md)",
 }
 
 #: Models restore RGB images; grey is fed as three equal channels (imageio.py).
