@@ -165,14 +165,12 @@ def run_order(layers: list[ConvLayer]) -> list[ConvLayer]:
 
 def prologue_coefficients(x: torch.Tensor, groups: int, gamma, beta, scale, shift, eps: float):
     """(A, B), each (N, C) fp32, with ``SiLU(A x + B) == SiLU(GN(x) (1 + scale) + shift)``: the
-    norm as fused_conv3x3's prologue takes it (its module docstring), from x's group statistics."""
-    N, C = x.shape[:2]
-    var, mean = torch.var_mean(x.float().reshape(N, groups, -1), dim=2, unbiased=False)
-    rstd = torch.rsqrt(var + eps).repeat_interleave(C // groups, dim=1)
-    mean = mean.repeat_interleave(C // groups, dim=1)
-    a = rstd * gamma.float() * (1 + scale.float())
-    b = beta.float() * (1 + scale.float()) + shift.float() - a * mean
-    return a.contiguous(), b.contiguous()
+    norm as fused_conv3x3's prologue takes it, from x's group statistics - the fast U-Net's own
+    :func:`~resflow_fast.fast_unet.group_stats` and :func:`~resflow_fast.fast_unet.fold_group_norm`,
+    so the benchmark times exactly what the fused path runs."""
+    from resflow_fast.fast_unet import fold_group_norm, group_stats
+
+    return fold_group_norm(*group_stats(x, groups, eps), gamma, beta, scale, shift)
 
 
 def base_row(layer: ConvLayer) -> dict:

@@ -46,8 +46,9 @@ specialisation, so a new image size never recompiles; block sizes depend on the 
 dtype only. Inference only: when autograd would record through any input, :func:`fused_conv3x3`
 returns the differentiable twin :func:`fused_conv3x3_reference`.
 
-Status: correct under the Triton interpreter (tests/kernels/test_fused_conv3x3.py); GPU speed
-against cuDNN not yet measured, so the fast U-Net does not call it yet.
+Status: correct under the Triton interpreter (tests/kernels/test_fused_conv3x3.py). The fast U-Net
+calls it per conv where :mod:`resflow_fast.conv_dispatch` says so (default off: its speed against
+cuDNN has not been measured on a GPU yet; ``benchmarks/conv_rows.py`` is the per-layer table).
 """
 import math
 from dataclasses import dataclass

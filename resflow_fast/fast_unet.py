@@ -10,19 +10,93 @@ the forward runs (architecture.md, "the fast U-Net"):
 * attention goes through ``scaled_dot_product_attention`` on (B, heads, HW, d) views of the
   channels-last activation (flash attention on GPUs);
 * all time-dependent work (the time embedding, every ResBlock's (scale, shift)) is computed for
-  all sampler steps at once by :meth:`FastUNet.prepare`, outside the per-step forward.
+  all sampler steps at once by :meth:`FastUNet.prepare`, outside the per-step forward;
+* optionally (``fused_conv``, default off), a ResBlock's convs run as
+  :func:`fused_conv3x3` with the GroupNorm (+ modulation) + SiLU in the conv's prologue, per conv
+  where :class:`conv_dispatch.ConvDispatch` says so (architecture.md, fusion plan item 5):
+
+      conv1:  (m1, r1) = group stats of x (fp32, torch: :func:`group_stats`)
+              (A1, B1) = fold(m1, r1, GN1 affine)                        [fold_group_norm]
+              h, (m2, r2) = fused_conv3x3(x, W1, b1, prologue=(A1, B1), stats of h for GN2)
+      conv2:  (A2, B2) = fold(m2, r2, GN2 affine, 1 + s, shift b)        [fold_group_norm]
+              out = fused_conv3x3(h, W2, b2, prologue=(A2, B2), residual=x | 1x1 skip of x)
+
+  so the normalised tensors never exist in memory. Inference only: a block in training mode
+  with dropout > 0 runs the unfused path (which, like before, treats dropout as the identity).
+  With ``fused_conv="off"`` the forward is exactly the unfused one.
 
 The math is the reference's (resflow-math.md, "Network"); this file only reorders memory traffic.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .kernels import group_norm_modulate_silu
+from .conv_dispatch import ConvDispatch, ConvKey
+from .kernels import fused_conv3x3, group_norm_modulate_silu, pack_conv3x3_weight
 from .reference.unet import AttentionBlock, Downsample, GroupNorm32, ResBlock, Stage, UNet, Upsample
+
+
+_LOG = logging.getLogger("resflow_fast")
+
+
+def group_stats(x: torch.Tensor, num_groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm statistics of ``x`` (N, C, H, W): ``(mean, rstd)``, each (N, num_groups) fp32,
+    with the biased variance and ``rstd = 1 / sqrt(var + eps)``, as ``F.group_norm`` uses them.
+
+    The input statistics of a fused conv1 (and of a fused conv2 after an unfused conv1). A previous
+    conv's epilogue could supply them only where a ResBlock directly follows a fused ResBlock (not
+    after a resampler, a skip concatenation or attention), so they are always computed here: plain
+    torch in fp32 (``torch.var_mean``, never ``E[x^2] - E[x]^2``), simple and accurate, at the
+    price of an fp32 copy of x and its reduction, which "auto" timing charges to the fused path.
+    """
+    N, C = x.shape[:2]
+    # (N, H, W, C) is a free view of a channels-last x; groups are runs of C // G channels
+    grouped = x.permute(0, 2, 3, 1).reshape(N, -1, num_groups, C // num_groups).float()
+    var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0)
+    return mean, torch.rsqrt(var + eps)
+
+
+def fold_group_norm(mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
+                    bias: torch.Tensor | None, scale: torch.Tensor | None = None,
+                    shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a (modulated) GroupNorm into the per-(n, c) affine of :func:`fused_conv3x3`'s prologue.
+
+    With group statistics ``mean``, ``rstd`` (N, G) of x, GroupNorm affine ``weight`` = gamma,
+    ``bias`` = beta (C,) and modulation ``scale``, ``shift`` (N, C), equation (1) of
+    kernels/fused_conv3x3.py (the ResBlock norm of resflow-math.md, "Network"):
+
+        SiLU(GN(x) * (1 + scale) + shift) = SiLU(A * x + B),
+        A[n, c] = rstd[n, g(c)] * gamma[c] * (1 + scale[n, c])
+        B[n, c] = beta[c] * (1 + scale[n, c]) + shift[n, c] - A[n, c] * mean[n, g(c)]
+
+    with g(c) = c // (C / G). ``scale``/``shift`` None: no modulation (conv1's norm);
+    ``weight``/``bias`` None: 1 and 0. Returns (A, B), contiguous fp32 (N, C).
+
+    Folding the mean into B cancels two terms of size ``|A * mean|`` (fp32 error about
+    2^-24 |mean| / std, see kernels/group_norm_modulate_silu.py): harmless for U-Net activations,
+    whose group means are within a few std of 0, but why the standalone norm centres instead.
+    """
+    N, G = mean.shape
+    C = weight.shape[0] if weight is not None else (scale.shape[1] if scale is not None else None)
+    if C is None or C % G:
+        raise ValueError(f"fold_group_norm: cannot tell C from weight/scale, or C={C} is not a multiple of G={G}")
+    per_group = C // G
+    m = mean.float().repeat_interleave(per_group, dim=1)
+    a = rstd.float().repeat_interleave(per_group, dim=1)
+    if weight is not None:
+        a = a * weight.float()
+    b = (bias.float() if bias is not None else torch.zeros(C, device=mean.device)).expand(N, C)
+    if scale is not None:
+        one_plus = 1.0 + scale.float()
+        a = a * one_plus
+        b = b * one_plus
+    if shift is not None:
+        b = b + shift.float()
+    return a.contiguous(), (b - a * m).contiguous()
 
 
 @dataclass
@@ -37,16 +111,24 @@ class FastUNet:
 
     ``prepare(times, batch)`` precomputes the conditioning of every step; ``forward(z, cond)``
     evaluates the network for one step. ``z`` must already be padded to ``unet.multiple``.
+
+    ``fused_conv``: "off", "on", "auto" (see :mod:`resflow_fast.conv_dispatch`), a
+    :class:`ConvDispatch` to share (its "auto" decisions persist across FastUNets), or None for
+    ``$RESFLOW_FUSED_CONV`` (default "off").
     """
 
-    def __init__(self, unet: UNet, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, unet: UNet, dtype: torch.dtype = torch.bfloat16,
+                 fused_conv: str | ConvDispatch | None = None):
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"FastUNet dtype must be float32, bfloat16 or float16, got {dtype}")
         self.unet = unet
         self.dtype = dtype
         self.config = unet.config
+        self.dispatch = fused_conv if isinstance(fused_conv, ConvDispatch) else ConvDispatch(fused_conv)
         self._weights: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._packed: dict[int, torch.Tensor] = {}  # fused_conv3x3 weights, packed on first use
         self._res_blocks = [m for m in unet.modules() if isinstance(m, ResBlock)]
+        self._dropout_logged = False
 
     @property
     def multiple(self) -> int:
@@ -60,6 +142,7 @@ class FastUNet:
         Conv weights go channels-last so cuDNN picks its NHWC kernels without a transpose.
         """
         self._weights.clear()
+        self._packed.clear()
         for m in self.unet.modules():
             if isinstance(m, torch.nn.Conv2d):
                 w = m.weight.detach().to(self.dtype).contiguous(memory_format=torch.channels_last)
@@ -93,11 +176,92 @@ class FastUNet:
                                         eps=norm.eps, apply_silu=silu)
 
     def _res_block(self, block: ResBlock, x: torch.Tensor, cond: StepConditioning) -> torch.Tensor:
+        if self.dispatch.enabled and self._may_fuse(block):
+            return self._res_block_dispatched(block, x, cond)
         s, b = cond.modulation[id(block)]
         h = self._conv(block.conv1, self._norm(block.norm1, x))
         h = self._conv(block.conv2, self._norm(block.norm2, h, s, b))  # dropout is the identity at inference
         skip = x if isinstance(block.skip, torch.nn.Identity) else self._conv(block.skip, x)
         return skip.add_(h) if skip is not x else h.add_(skip)
+
+    # -- the fused ResBlock path (conv_dispatch) ----------------------------------------------------
+    def _may_fuse(self, block: ResBlock) -> bool:
+        """The fused path is inference-only: a block in training mode with dropout > 0 (where
+        dropout would sit between norm2 and conv2) runs the unfused path."""
+        if block.training and block.dropout.p > 0:
+            if not self._dropout_logged:
+                self._dropout_logged = True
+                _LOG.info("FastUNet: fused convs skipped for ResBlocks in training mode with dropout > 0")
+            return False
+        return True
+
+    def _packed_weight(self, conv: torch.nn.Conv2d) -> torch.Tensor:
+        packed = self._packed.get(id(conv))
+        if packed is None:
+            packed = self._packed[id(conv)] = pack_conv3x3_weight(conv.weight.detach(), self.dtype)
+        return packed
+
+    def _conv1_fused(self, block: ResBlock, x: torch.Tensor, want_stats: bool):
+        """conv1(SiLU(GN1(x))) as one fused_conv3x3 -> (h, (mean, rstd) of h for GN2, or None)."""
+        norm1, norm2 = block.norm1, block.norm2
+        a, b = fold_group_norm(*group_stats(x, norm1.num_groups, norm1.eps), norm1.weight, norm1.bias)
+        bias = block.conv1.bias.detach() if block.conv1.bias is not None else None
+        if not want_stats:
+            return fused_conv3x3(x, self._packed_weight(block.conv1), bias, prologue=(a, b)), None
+        return fused_conv3x3(x, self._packed_weight(block.conv1), bias, prologue=(a, b),
+                             stats_groups=norm2.num_groups, stats_eps=norm2.eps)
+
+    def _conv2_fused(self, block: ResBlock, x: torch.Tensor, h: torch.Tensor, stats, s, b) -> torch.Tensor:
+        """skip(x) + conv2(SiLU(GN2(h) * (1 + s) + b)) as one fused_conv3x3; ``stats`` = GN2's
+        statistics of h from conv1's epilogue, or None to compute them here."""
+        norm2 = block.norm2
+        if stats is None:
+            stats = group_stats(h, norm2.num_groups, norm2.eps)
+        pa, pb = fold_group_norm(*stats, norm2.weight, norm2.bias, s, b)
+        bias = block.conv2.bias.detach() if block.conv2.bias is not None else None
+        packed = self._packed_weight(block.conv2)
+        if isinstance(block.skip, torch.nn.Identity):
+            return fused_conv3x3(h, packed, bias, prologue=(pa, pb), residual=x)
+        skip_w, _ = self._weights[id(block.skip)]
+        skip_b = block.skip.bias.detach() if block.skip.bias is not None else None
+        return fused_conv3x3(h, packed, bias, prologue=(pa, pb), skip_x=x, skip_weight=skip_w, skip_bias=skip_b)
+
+    @staticmethod
+    def _conv2_key(block: ResBlock, x: torch.Tensor) -> ConvKey:
+        """conv2's key from the block input x: its input h has x's size and out_channels channels."""
+        variant = ("modnorm+residual" if isinstance(block.skip, torch.nn.Identity)
+                   else f"modnorm+skip{block.in_channels}")
+        return ConvKey.for_shape(x.device, x.dtype, block.out_channels, x.shape[-2], x.shape[-1],
+                                 block.out_channels, 1, variant)
+
+    def _res_block_dispatched(self, block: ResBlock, x: torch.Tensor, cond: StepConditioning) -> torch.Tensor:
+        """The ResBlock with each conv fused or not, as :attr:`dispatch` decides per conv shape.
+
+        Under "auto" an undecided conv is timed here, on these very tensors, against the unfused
+        path it replaces: conv1 as GN1 + conv (fused: x's statistics, the fold and the fused conv
+        with h's statistics), conv2 as modulated GN2 + conv + skip/residual add (fused: the fold
+        and the fused conv). A fused conv1 writes h's statistics whenever conv2 may fuse."""
+        s, b = cond.modulation[id(block)]
+        dispatch = self.dispatch
+        key1 = ConvKey.for_input(x, block.out_channels, 1, "norm+stats")
+        key2 = self._conv2_key(block, x)
+        fuse2_known = dispatch.lookup(key2)
+        want_stats = fuse2_known is not False
+        fuse1 = dispatch.use_fused(key1, fused=lambda: self._conv1_fused(block, x, want_stats),
+                                   baseline=lambda: self._conv(block.conv1, self._norm(block.norm1, x)))
+        if fuse1:
+            h, stats = self._conv1_fused(block, x, want_stats)
+        else:
+            h, stats = self._conv(block.conv1, self._norm(block.norm1, x)), None
+
+        def unfused2() -> torch.Tensor:
+            out = self._conv(block.conv2, self._norm(block.norm2, h, s, b))
+            skip = x if isinstance(block.skip, torch.nn.Identity) else self._conv(block.skip, x)
+            return skip.add_(out) if skip is not x else out.add_(skip)
+
+        fuse2 = fuse2_known if fuse2_known is not None else dispatch.use_fused(
+            key2, fused=lambda: self._conv2_fused(block, x, h, stats, s, b), baseline=unfused2)
+        return self._conv2_fused(block, x, h, stats, s, b) if fuse2 else unfused2()
 
     def _attention(self, attn: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape

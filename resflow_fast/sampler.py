@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .conv_dispatch import ConvDispatch
 from .fast_unet import FastUNet
 from .kernels import euler_step
 from .kernels.euler_step import exact_y_scale
@@ -56,10 +57,14 @@ class ResFlowSampler:
         cuda_graphs: capture the whole restore as one CUDA graph per input shape (GPU only).
         fast: None = the fast path on CUDA tensors, the reference elsewhere; True forces the fast
             path (on the CPU it runs the kernels' twins, or the Triton interpreter when enabled).
+        fused_conv: the fast path's fused-conv policy, "off", "on" or "auto"
+            (:mod:`resflow_fast.conv_dispatch`), or a ``ConvDispatch``; None: ``$RESFLOW_FUSED_CONV``,
+            else "off". One dispatcher serves all calls of this sampler, so "auto" measures a shape once.
     """
 
     def __init__(self, model: UNet, schedule: Schedule | None = None, steps: int = 4, dtype: torch.dtype | None = None,
-                 y_mode: str = "joint", cuda_graphs: bool = False, fast: bool | None = None):
+                 y_mode: str = "joint", cuda_graphs: bool = False, fast: bool | None = None,
+                 fused_conv: str | ConvDispatch | None = None):
         if not isinstance(model, UNet):
             raise TypeError(f"ResFlowSampler needs a reference UNet, got {type(model).__name__}")
         if y_mode not in Y_MODES:
@@ -72,6 +77,9 @@ class ResFlowSampler:
         self.y_mode = y_mode
         self.cuda_graphs = cuda_graphs
         self.fast = fast
+        # one dispatcher for every call: "auto" measures a shape once, and a bad policy fails here
+        self.conv_dispatch = (fused_conv if isinstance(fused_conv, ConvDispatch)
+                              else ConvDispatch(fused_conv))
         self._graphs: dict[tuple, _Graph] = {}
         self._time_tensors: dict[str, torch.Tensor] = {}
 
@@ -115,7 +123,7 @@ class ResFlowSampler:
 
     def _restore(self, lq: torch.Tensor, eps: torch.Tensor | None, clamp: bool) -> torch.Tensor:
         dtype = self.dtype or default_dtype(lq.device)
-        net = FastUNet(self.model, dtype)
+        net = FastUNet(self.model, dtype, fused_conv=self.conv_dispatch)
         C = lq.shape[1]
         # The fp32 state is kept channels-last like v and the network input: the fused Euler step
         # streams all of them with one index order (measured on an H200: 71% of copy bandwidth

@@ -1,10 +1,16 @@
 """Tests of resflow_fast/fast_unet.py: the fused forward against the reference U-Net."""
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from resflow_fast.fast_unet import FastUNet
+from resflow_fast import fast_unet as fast_unet_module
+from resflow_fast.conv_dispatch import ConvDispatch
+from resflow_fast.fast_unet import FastUNet, fold_group_norm, group_stats
 from resflow_fast.kernels import _runtime
-from resflow_fast.reference.unet import UNet, preset_config
+from resflow_fast.reference.unet import GroupNorm32, ResBlock, UNet, crop_to, pad_to_multiple, preset_config
+from resflow_fast.sampler import ResFlowSampler
 
 
 def small_attention_unet(seed=0):
@@ -70,3 +76,216 @@ def test_reduced_precision_forward_on_cuda(dtype):
     got = net(z, net.prepare(torch.tensor([0.5], device="cuda"), 2)[0]).float()
     rel = (got - expected).norm() / expected.norm()
     assert rel < 2e-2, f"relative error {rel:.3g} in {dtype}"
+
+
+# -- the fused ResBlock path (fused_conv, resflow_fast/conv_dispatch.py) ---------------------------
+SIZES = [(16, 16), (12, 20)]  # 12x20 is reflect-padded to 16x24 (the test preset's multiple is 8)
+
+
+@pytest.fixture
+def no_policy_env(monkeypatch):
+    monkeypatch.delenv("RESFLOW_FUSED_CONV", raising=False)
+
+
+def scaled_unet(seed=0, **overrides):
+    """The test preset with O(1) activations everywhere: conv weights ~ 1/sqrt(fan-in) (the
+    reference zero-initialises conv2 and the output conv), GroupNorm affine near (1, 0), and a
+    non-trivial time modulation, so every fold term shows in the output."""
+    torch.manual_seed(seed)
+    model = UNet(preset_config("test", **overrides))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.normal_(0, 1 / math.sqrt(m.weight[0].numel()))
+                m.bias.normal_(0, 0.1)
+            elif isinstance(m, GroupNorm32):
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.2)
+            elif isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, 0.5 / math.sqrt(m.weight.shape[1]))
+                m.bias.normal_(0, 0.2)
+    return model.eval()
+
+
+def padded_forward(model, z, t, fused_conv, dtype=torch.float32):
+    """FastUNet on z padded to the network multiple, cropped back (what the sampler does)."""
+    net = FastUNet(model, dtype, fused_conv=fused_conv)
+    zp, size = pad_to_multiple(z, model.multiple)
+    cond = net.prepare(torch.tensor([t], device=z.device), z.shape[0])
+    return crop_to(net(zp, cond[0]), size)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts the fast U-Net's calls of fused_conv3x3 (whatever runs inside: kernel or twin)."""
+    calls = []
+    real = fast_unet_module.fused_conv3x3
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast_unet_module, "fused_conv3x3", spy)
+    return calls
+
+
+def n_res_blocks(model):
+    return sum(isinstance(m, ResBlock) for m in model.modules())
+
+
+def test_group_stats_and_fold_reproduce_the_modulated_group_norm():
+    torch.manual_seed(0)
+    N, C, G = 2, 16, 4
+    x = (3 * torch.randn(N, C, 5, 7) + 1).contiguous(memory_format=torch.channels_last)
+    gamma, beta = 1 + 0.2 * torch.randn(C), 0.2 * torch.randn(C)
+    scale, shift = 0.3 * torch.randn(N, C), 0.3 * torch.randn(N, C)
+    mean, rstd = group_stats(x, G, 1e-5)
+    var_ref, mean_ref = torch.var_mean(x.reshape(N, G, -1), dim=2, unbiased=False)
+    torch.testing.assert_close(mean, mean_ref)
+    torch.testing.assert_close(rstd, torch.rsqrt(var_ref + 1e-5))
+    a, b = fold_group_norm(mean, rstd, gamma, beta, scale, shift)
+    assert a.shape == b.shape == (N, C) and a.dtype == b.dtype == torch.float32
+    expected = F.group_norm(x, G, gamma, beta, 1e-5) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    torch.testing.assert_close(a[:, :, None, None] * x + b[:, :, None, None], expected, atol=1e-5, rtol=1e-5)
+    a, b = fold_group_norm(mean, rstd, gamma, beta)  # conv1's norm: no modulation
+    torch.testing.assert_close(a[:, :, None, None] * x + b[:, :, None, None], F.group_norm(x, G, gamma, beta, 1e-5),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_fused_conv_on_matches_reference_and_off_with_twins(monkeypatch, no_policy_env, fused_calls, size):
+    """The fold and plumbing of the fused ResBlock path, with fused_conv3x3's pure-torch twin."""
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    model = scaled_unet()
+    z = torch.randn(2, 6, *size)
+    with torch.no_grad():
+        expected = model(z, torch.full((2,), 0.6))
+    off = padded_forward(model, z, 0.6, "off")
+    assert fused_calls == []
+    on = padded_forward(model, z, 0.6, "on")
+    assert len(fused_calls) == 2 * n_res_blocks(model)
+    assert sum(c.get("stats_groups") is not None for c in fused_calls) == n_res_blocks(model)
+    assert sum(c.get("skip_x") is not None for c in fused_calls) > 0  # some blocks change channels
+    assert sum(c.get("residual") is not None for c in fused_calls) > 0  # some keep them
+    assert expected.abs().max() > 0.5  # the comparison sees the whole network
+    torch.testing.assert_close(on, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(on, off, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.interpreter_only
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_fused_conv_on_matches_reference_under_interpreter(monkeypatch, no_policy_env, size):
+    """The Triton kernel itself inside the network (fp32, "ieee" dots). The test preset at half
+    width (16 base channels, 8 groups: group size 2 at every level) keeps the interpreter to
+    ~10 s per size; the twin test above runs the full-width preset."""
+    monkeypatch.delenv("RESFLOW_DISABLE_TRITON", raising=False)
+    model = scaled_unet(1, base_channels=16, num_groups=8)
+    z = torch.randn(1, 6, *size)
+    with torch.no_grad():
+        expected = model(z, torch.tensor([0.3]))
+    before = dict(_runtime.launch_counts)
+    on = padded_forward(model, z, 0.3, "on")
+    launched = {k: _runtime.launch_counts[k] - before.get(k, 0) for k in ("fused_conv3x3", "conv3x3_group_stats")}
+    assert launched == {"fused_conv3x3": 2 * n_res_blocks(model), "conv3x3_group_stats": n_res_blocks(model)}
+    torch.testing.assert_close(on, expected, atol=1e-4, rtol=1e-4)
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")  # "off" through the twins: its kernels are tested above
+    torch.testing.assert_close(on, padded_forward(model, z, 0.3, "off"), atol=1e-4, rtol=1e-4)
+
+
+class _SplitDispatch(ConvDispatch):
+    """Fuses only the convs whose key variant starts with ``prefix``: one conv of each block."""
+
+    def __init__(self, prefix):
+        super().__init__("on")
+        self.prefix = prefix
+
+    def lookup(self, key):
+        return key.variant.startswith(self.prefix)
+
+
+@pytest.mark.parametrize("prefix", ["norm+", "modnorm+"], ids=["conv1-only", "conv2-only"])
+def test_one_fused_conv_per_block_matches_reference(monkeypatch, fused_calls, prefix):
+    """Mixed decisions ("auto" can keep either conv alone): conv1 fused without a fused conv2
+    writes no statistics; conv2 fused after an unfused conv1 computes h's statistics itself."""
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    model = scaled_unet(2)
+    z = torch.randn(1, 6, 8, 16)
+    with torch.no_grad():
+        expected = model(z, torch.tensor([0.5]))
+    got = padded_forward(model, z, 0.5, _SplitDispatch(prefix))
+    assert len(fused_calls) == n_res_blocks(model)
+    assert all(c.get("stats_groups") is None for c in fused_calls)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("policy", [None, "off", "auto"])
+def test_off_and_cpu_auto_never_fuse_and_are_bit_identical(monkeypatch, no_policy_env, fused_calls, policy):
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    model = small_attention_unet()
+    z = torch.randn(1, 6, 8, 12)
+    net = FastUNet(model, torch.float32, fused_conv=policy)
+    cond = net.prepare(torch.tensor([0.4]), 1)
+    baseline = FastUNet(model, torch.float32)
+    assert torch.equal(net(z, cond[0]), baseline(z, baseline.prepare(torch.tensor([0.4]), 1)[0]))
+    assert fused_calls == [] and net.dispatch.measurements == 0
+
+
+def test_env_picks_the_policy_and_an_argument_wins(monkeypatch):
+    monkeypatch.setenv("RESFLOW_FUSED_CONV", "on")
+    model = small_attention_unet()
+    assert FastUNet(model, torch.float32).dispatch.policy == "on"
+    assert FastUNet(model, torch.float32, fused_conv="off").dispatch.policy == "off"
+    assert ResFlowSampler(model, fast=True).conv_dispatch.policy == "on"
+    with pytest.raises(ValueError, match="fused_conv"):
+        FastUNet(model, torch.float32, fused_conv="always")
+
+
+def test_dropout_in_training_mode_falls_back_to_the_unfused_path(monkeypatch, no_policy_env, fused_calls):
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    model = scaled_unet(dropout=0.1).train()
+    z = torch.randn(1, 6, 8, 8)
+    got = padded_forward(model, z, 0.5, "on")
+    assert fused_calls == []
+    torch.testing.assert_close(got, padded_forward(model, z, 0.5, "off"), atol=0, rtol=0)
+    model.eval()  # inference: dropout is the identity, the fused path runs
+    padded_forward(model, z, 0.5, "on")
+    assert len(fused_calls) == 2 * n_res_blocks(model)
+
+
+def test_sampler_passes_the_policy_through(monkeypatch, no_policy_env, fused_calls):
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    model = scaled_unet(3)
+    lq = torch.rand(1, 3, 8, 8) * 2 - 1
+    off = ResFlowSampler(model, steps=2, fast=True, dtype=torch.float32)(lq, seed=1)
+    assert fused_calls == []
+    sampler = ResFlowSampler(model, steps=2, fast=True, dtype=torch.float32, fused_conv="on")
+    on = sampler(lq, seed=1)
+    assert len(fused_calls) == 2 * 2 * n_res_blocks(model)
+    torch.testing.assert_close(on, off, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.cuda
+def test_fused_conv_bf16_parity_and_determinism_on_cuda(tmp_path, monkeypatch, no_policy_env):
+    """bf16 on the GPU: "on" as close to the fp32 reference as "off" is, and bitwise repeatable
+    (the kernel's statistics combine in a fixed order, no atomics). Then "auto" measures every
+    ResBlock conv shape once into its cache, and a second forward measures nothing."""
+    monkeypatch.setenv("RESFLOW_CACHE", str(tmp_path))
+    model = scaled_unet(4).cuda()
+    z = torch.randn(2, 6, 60, 92, device="cuda")  # padded to 64x96
+    with torch.no_grad():
+        expected = model(z, torch.full((2,), 0.5, device="cuda"))
+
+    def rel(got):
+        return ((got.float() - expected).norm() / expected.norm()).item()
+
+    off = padded_forward(model, z, 0.5, "off", torch.bfloat16)
+    on = padded_forward(model, z, 0.5, "on", torch.bfloat16)
+    assert rel(on) < 2e-2 and rel(on) < 2 * rel(off) + 2e-3, (rel(on), rel(off))
+    assert torch.equal(on, padded_forward(model, z, 0.5, "on", torch.bfloat16))
+    dispatch = ConvDispatch("auto")
+    auto = padded_forward(model, z, 0.5, dispatch, torch.bfloat16)
+    assert rel(auto) < 2e-2 and dispatch.measurements > 0
+    assert (tmp_path / "conv_dispatch.json").is_file()
+    measured = dispatch.measurements
+    padded_forward(model, z, 0.5, dispatch, torch.bfloat16)
+    assert dispatch.measurements == measured
