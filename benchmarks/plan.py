@@ -29,7 +29,11 @@ VARIANTS: dict[str, str] = {
     "compile": "torch.compile {mode}, bf16 channels-last",
     "fast": "resflow_fast",
     "graph": "resflow_fast + CUDA graph",
+    "fused": "resflow_fast + fused conv (auto) + CUDA graph",
 }
+#: Where the fused-conv variant runs: issue 7's acceptance cells (batch 1, 1024^2 and 2048^2, the
+#: two models of anchors.md). Elsewhere it would only spend the time budget.
+FUSED_CELLS = {"presets": ("bench19m", "paper"), "sizes": ((1024, 1024), (2048, 2048)), "batch": 1}
 SECTIONS = ("kernels", *VARIANTS)  # what --only may name
 
 DEFAULT_PRESETS = ("bench19m", "paper", "default")  # anchors.md's two models, and the shipped one
@@ -42,8 +46,8 @@ COMPILE_SUBSET = {"size": (1024, 1024), "batch": 1}
 # slower than anchors.md's measurements (eager ~30-40 TFLOP/s, torch.compile 213-262 TFLOP/s at
 # 1024^2), so an unknown row is over- rather than under-estimated. Floors: a small model at 256^2
 # is bound by kernel launches, not FLOPs. Seconds per 4-step restore at batch 1.
-PRIOR_TFLOPS = {"fp32": 25.0, "bf16": 25.0, "compile": 150.0, "fast": 100.0, "graph": 100.0}
-PRIOR_FLOOR_S = {"fp32": 0.010, "bf16": 0.015, "compile": 0.005, "fast": 0.008, "graph": 0.002}
+PRIOR_TFLOPS = {"fp32": 25.0, "bf16": 25.0, "compile": 150.0, "fast": 100.0, "graph": 100.0, "fused": 100.0}
+PRIOR_FLOOR_S = {"fp32": 0.010, "bf16": 0.015, "compile": 0.005, "fast": 0.008, "graph": 0.002, "fused": 0.002}
 PRIOR_COMPILE_S = {"default": 60.0, "max-autotune": 300.0}  # anchors.md: 25-58 s; max-autotune > 4 min
 KERNEL_SECTION_S = 45.0  # three torch.compiles of the norm formula and ~15 do_bench calls
 
@@ -115,6 +119,9 @@ def variants_for(case: Case, only: set[str], compile_mode: str) -> list[tuple[st
         if variant == "compile" and not case.compile:
             reason = ("--compile none" if compile_mode == "none" else
                       "outside the compile subset (1024^2, batch 1; --compile all runs it)")
+        if variant == "fused" and not (case.preset in FUSED_CELLS["presets"] and case.batch == FUSED_CELLS["batch"]
+                                       and (case.height, case.width) in FUSED_CELLS["sizes"]):
+            continue  # not a skipped row: outside FUSED_CELLS the variant is simply not part of the matrix
         rows.append((variant, reason))
     return rows
 

@@ -152,9 +152,12 @@ class RestoreRunner:
                     return euler_sample(model, lq_cl, steps=STEPS, eps=eps)
 
             return autocast_restore, None
-        if variant == "graph" and not self.clock.cuda:
+        if variant in ("graph", "fused") and not self.clock.cuda:
             raise _Skip("CUDA graphs need a CUDA device")
-        sampler = ResFlowSampler(self.model(case.preset), steps=STEPS, cuda_graphs=variant == "graph")
+        # "fused": each ResBlock conv fused where conv_dispatch measured it faster on this card
+        # (measured during the first call and the warm-up, before the graph is captured)
+        sampler = ResFlowSampler(self.model(case.preset), steps=STEPS, cuda_graphs=variant in ("graph", "fused"),
+                                 fused_conv="auto" if variant == "fused" else "off")
         return (lambda: sampler(lq, eps=eps)), sampler
 
     # -- one row ---------------------------------------------------------------------------------
@@ -247,5 +250,5 @@ def compare_with_compile(rows: list[dict]) -> None:
     if compiled is None:
         return
     for r in rows:
-        if r["variant"] in ("fast", "graph") and r.get("status") == "ok":
+        if r["variant"] in ("fast", "graph", "fused") and r.get("status") == "ok":
             r["ratio_to_compile"] = r["median_ms"] / compiled["median_ms"]

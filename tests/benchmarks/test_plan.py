@@ -72,3 +72,13 @@ def test_budget_and_max_call_skips():
     now[0] = 0.0
     assert "--max-call-s 10" in plan.row_skip_reason("fp32", 1e15, cost, budget, max_call_s=10.0)
     assert plan.row_skip_reason("fast", 1e9, cost, budget, max_call_s=10.0) is None
+
+
+def test_the_fused_conv_variant_runs_only_in_issue_7s_cells():
+    inside = [plan.Case(p, s, s, 1, False) for p in ("bench19m", "paper") for s in (1024, 2048)]
+    outside = [plan.Case("default", 1024, 1024, 1, False), plan.Case("paper", 256, 256, 1, False),
+               plan.Case("paper", 1024, 1024, 8, False), plan.Case("bench19m", 2160, 3840, 1, False)]
+    for case in inside:
+        assert dict(plan.variants_for(case, set(plan.VARIANTS), "subset"))["fused"] is None
+    for case in outside:  # no row at all, not a skipped one
+        assert "fused" not in dict(plan.variants_for(case, set(plan.VARIANTS), "subset"))
