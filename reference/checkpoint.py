@@ -294,6 +294,10 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_em
     state = model.state_dict()
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        overflow = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if overflow:  # beyond fp16's range (65504): refuse rather than write inf
+            raise CheckpointError(f"{checkpoint}: {len(overflow)} tensors do not fit fp16 (e.g. {overflow[0]}); "
+                                  f"export without --half")
     record = dict(record, exported_from=str(checkpoint), weights="ema" if use_ema else "model",
                   stored_dtype="float16" if half else "float32")
     save_weights(out, state, record)

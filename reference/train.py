@@ -174,8 +174,19 @@ class Trainer:
                 raise CheckpointError(f"--resume: no checkpoint found in {config.out_dir}")
             self.load(path)
             self._refuse_newer_checkpoints(path)
-        elif config.init_from is not None:
-            self.initialise_from(config.init_from)
+        else:
+            self._refuse_existing_checkpoints()
+            if config.init_from is not None:
+                self.initialise_from(config.init_from)
+
+    def _refuse_existing_checkpoints(self) -> None:
+        """A new run (from scratch or ``init_from``) into a folder holding another run's checkpoints
+        would overwrite its steps and let pruning delete this run's newest ones; refuse instead."""
+        existing = list_checkpoints(self.config.out_dir)
+        if existing:
+            raise CheckpointError(
+                f"{self.config.out_dir} already holds checkpoints of another run ({existing[-1].name} the latest); "
+                f"pass --resume to continue it, or start this run in another --out-dir")
 
     def _refuse_newer_checkpoints(self, resumed: Path) -> None:
         """Resuming an older checkpoint into a run folder that holds newer ones would mix two

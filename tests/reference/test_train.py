@@ -208,3 +208,13 @@ def test_resuming_an_older_checkpoint_among_newer_ones_is_refused(tmp_path):
     other = Trainer(_tiny(tmp_path, steps=6, out_dir=str(tmp_path / "branch")), resume=str(run / "step-00000002"),
                     progress=False)
     assert other.step == 2
+
+
+@pytest.mark.parametrize("init", [False, True])
+def test_a_new_run_into_a_folder_with_checkpoints_is_refused(tmp_path, init):
+    """Fresh and fine-tuning runs would overwrite the old run's steps and prune their own."""
+    source = train(_tiny(tmp_path, steps=2), progress=False)["checkpoint"]
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(CheckpointError, match="already holds checkpoints of another run .step-00000002"):
+        Trainer(_tiny(tmp_path, steps=4, init_from=str(source) if init else None), progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
