@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import statistics
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,12 @@ def resolve_policy(policy: str | None) -> str:
 
 def default_cache_path() -> Path:
     """``$RESFLOW_CACHE/conv_dispatch.json``, ``$RESFLOW_CACHE`` defaulting to ~/.cache/resflow_fast."""
-    folder = os.environ.get(ENV_CACHE) or (Path.home() / ".cache" / "resflow_fast")
+    folder = os.environ.get(ENV_CACHE)
+    if not folder:
+        try:
+            folder = Path.home() / ".cache" / "resflow_fast"
+        except RuntimeError:  # no home directory (some service accounts): a cache in the temp folder
+            folder = Path(tempfile.gettempdir()) / "resflow_fast"
     return Path(folder) / CACHE_FILE
 
 
@@ -247,7 +253,8 @@ class ConvDispatch:
         self.measurements += 1
         self._decisions[name] = decision
         _LOG.info("conv dispatch: %s -> %s (%s)", name, "fused" if decision else "cuDNN + norm", entry)
-        self._store_disk(name, entry)
+        if "error" not in entry:  # a failure may be transient (out of memory): remembered by this process only
+            self._store_disk(name, entry)
         return decision
 
     # -- the disk cache --------------------------------------------------------------------------

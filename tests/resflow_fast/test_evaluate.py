@@ -132,6 +132,9 @@ def test_eval_command_writes_all_three_files(tiny_model, tmp_path, capsys):
     (["--steps", "4,0"], "positive integers"),
     (["--steps", "four"], "comma-separated integers"),
     (["--images", "div2k"], "unknown image set 'div2k'"),
+    (["--images", "skimage,div2k"], "unknown image set 'div2k'"),
+    (["--steps", "4,4"], "given twice"),
+    (["--degradations", "noise-15,noise-15"], "named twice"),
     (["--limit", "0"], "positive number of images"),
     (["--model", "noise=/no/such/model.safetensors"], "not found"),
 ])
@@ -141,7 +144,8 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, capsys, extra, me
     assert cli_main(args + extra) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir())  # checked for writing, perhaps, but nothing written
 
 
 # -- the Kodak images ------------------------------------------------------------------------------
@@ -166,3 +170,16 @@ def test_a_wheel_that_is_not_the_pinned_one_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ev.EvalError, match="not the pyiqa 0.1.16 wheel"):
         ev.kodak_dir(wheel)
     assert not (tmp_path / "cache" / "kodak").exists()
+
+
+def test_partial_runs_need_an_out_dir_so_docs_is_never_overwritten_by_one(capsys):
+    assert cli_main(["eval", "--images", "skimage", "--limit", "1", "--quiet"]) == 2
+    assert "needs --out-dir" in capsys.readouterr().err
+
+
+def test_an_unwritable_out_dir_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli_main(["eval", "--images", "skimage", "--out-dir", str(blocker / "sub"), "--no-baselines",
+                     "--no-ablations", "--quiet"]) == 2
+    assert "cannot write there" in capsys.readouterr().err
