@@ -8,7 +8,13 @@ the kernels when Triton is missing, the tensors are on CPU without ``TRITON_INTE
 """
 from ._runtime import triton_available, use_triton
 from .euler_step import euler_step, euler_step_reference, exact_y_scale
-from .fused_conv3x3 import fused_conv3x3, fused_conv3x3_reference, pack_conv3x3_weight
+from .fused_conv3x3 import (
+    fused_conv3x3,
+    fused_conv3x3_euler,
+    fused_conv3x3_euler_reference,
+    fused_conv3x3_reference,
+    pack_conv3x3_weight,
+)
 from .group_norm_modulate_silu import group_norm_modulate_silu, group_norm_modulate_silu_reference
 from .velocity_loss import (
     training_input,
@@ -31,5 +37,7 @@ __all__ = [
     "use_triton",
     "fused_conv3x3",
     "fused_conv3x3_reference",
+    "fused_conv3x3_euler",
+    "fused_conv3x3_euler_reference",
     "pack_conv3x3_weight",
 ]

@@ -10,6 +10,7 @@ Implements (architecture.md, "the fusion plan", item 5; resflow-math.md, "Networ
                      + residual[n, o, i, j]                          (optional)
                      + sum_c' W_skip[o, c'] x_skip[n, c', i, j] + bias_skip[o]   (optional 1x1 skip)
     mean[n, g], rstd[n, g] = GroupNorm statistics of y over group g  (optional)             (3)
+    x <- x - dt y[:, :C],  y_aux <- y_aux - dt y[:, C:],  next <- [x; y_aux]  (output conv)   (4)
 
 with stride s in {1, 2} and padding 1, so H_out = ceil(H / s). (1) is the adaptive GroupNorm of
 the ResBlock folded into one affine per (n, c): for ``SiLU(GN(x) * (1 + scale) + shift)`` with
@@ -28,6 +29,11 @@ of squared deviations from it, taken from the values *as stored*, so they are ex
 of the tensor the next GroupNorm reads). ``_group_stats_combine_kernel`` (one program per
 (sample, group)) merges the partials in a fixed order with Chan's formula: deterministic, no atomics,
 and never ``E[y^2] - E[y]^2``.
+
+(4) is :func:`fused_conv3x3_euler`: the U-Net's output conv computes the velocity v = y of (2)
+and its epilogue takes the sampler's Euler step (reference/sampler.py, ``z <- z - dt * v``;
+kernels/euler_step.py (2a)-(2c), including the exact-y option) on the fp32 state in place and
+writes the next network input, so neither v nor a separate Euler pass ever touches memory.
 
 Layouts: activations are dense NHWC (``torch.channels_last``); anything else is copied to it by the
 launcher (one extra pass, so fast callers keep their activations channels-last). The output is
@@ -70,6 +76,7 @@ from ._runtime import (
     triton,
     use_triton,
 )
+from .euler_step import euler_step_reference
 
 # Pixel indices inside the kernel are int32 (a 32768^2 image); element offsets are int64.
 MAX_PIXELS = 2**30
@@ -94,7 +101,7 @@ def _accumulate_dot(acc, a, b, IEEE_FP32: tl.constexpr, UPCAST_BF16: tl.constexp
     return acc
 
 
-@triton.jit(do_not_specialize=["H", "W", "H_out", "W_out", "num_m_tiles"])
+@triton.jit(do_not_specialize=["H", "W", "H_out", "W_out", "num_m_tiles", "dt", "y_scale"])
 def _fused_conv3x3_kernel(
     x_ptr,  # (N, H, W, C_in) dense NHWC, fp32/bf16/fp16
     w_ptr,  # (9 * C_in, C_out) packed weight in x's dtype, row (kh * 3 + kw) * C_in + c
@@ -107,13 +114,20 @@ def _fused_conv3x3_kernel(
     out_ptr,  # (N, H_out, W_out, C_out) dense NHWC, x's dtype; may be res_ptr (in place)
     part_mean_ptr,  # (N, num_m_tiles, C_out) fp32 out: per-tile channel means; if HAS_STATS
     part_m2_ptr,  # (N, num_m_tiles, C_out) fp32 out: per-tile sums of squared deviations
-    C_in, C_out, C_skip, H, W, H_out, W_out, num_m_tiles, num_n_tiles,
+    state_x_ptr,  # (N, H_out, W_out, C_state) fp32 dense NHWC state x, updated in place; if HAS_EULER
+    state_y_ptr,  # (N, H_out, W_out, C_state) fp32 dense NHWC state y, updated in place; if EULER_Y
+    next_ptr,  # (N, H_out, W_out, C_out) dense NHWC, any float dtype: the next [x; y]; if WRITE_NEXT
+    C_in, C_out, C_skip, H, W, H_out, W_out, num_m_tiles, num_n_tiles, C_state, dt, y_scale,
     STRIDE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_PROLOGUE: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     HAS_SKIP: tl.constexpr,
     HAS_STATS: tl.constexpr,
+    HAS_EULER: tl.constexpr,  # (4): the output is the velocity; update the state instead of storing it
+    EULER_Y: tl.constexpr,  # the state has y (channels C_state.. of the output are v_y)
+    EXACT_Y: tl.constexpr,  # y <- y * y_scale instead of y - dt * v_y
+    WRITE_NEXT: tl.constexpr,  # also write the new [x; y] to next_ptr
     IEEE_FP32: tl.constexpr,  # fp32 operands: full-precision products, not TF32
     UPCAST_BF16: tl.constexpr,  # bf16 under the interpreter: see _accumulate_dot
     BLOCK_M: tl.constexpr,  # output pixels per tile
@@ -182,21 +196,44 @@ def _fused_conv3x3_kernel(
         acc += tl.load(bias_ptr + co, mask=co_mask, other=0.0)[None, :]
     out_offsets = out_row[:, None] * C_out + co[None, :]
     out_mask = p_mask[:, None] & co_mask[None, :]
-    if HAS_RESIDUAL:
-        acc += tl.load(res_ptr + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
-    y = acc.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + out_offsets, y, mask=out_mask)
+    if HAS_EULER:
+        # (4): acc is the velocity v = [v_x; v_y], in fp32 (never rounded to the activation dtype).
+        # Output channel o < C_state moves x[o], the others y[o - C_state]; each state element is
+        # read and written by the program that owns its velocity element, so in place is safe.
+        is_x = co < C_state
+        state_offsets = out_row[:, None] * C_state + co[None, :]
+        x_mask = out_mask & is_x[None, :]
+        x_new = tl.load(state_x_ptr + state_offsets, mask=x_mask, other=0.0) - dt * acc
+        tl.store(state_x_ptr + state_offsets, x_new, mask=x_mask)
+        z_new = x_new
+        if EULER_Y:
+            y_mask = out_mask & (co >= C_state)[None, :]
+            y_offsets = state_offsets - C_state  # negative for x channels: masked, never dereferenced
+            y_old = tl.load(state_y_ptr + y_offsets, mask=y_mask, other=0.0)
+            if EXACT_Y:
+                y_new = y_old * y_scale
+            else:
+                y_new = y_old - dt * acc
+            tl.store(state_y_ptr + y_offsets, y_new, mask=y_mask)
+            z_new = tl.where(is_x[None, :], x_new, y_new)
+        if WRITE_NEXT:
+            tl.store(next_ptr + out_offsets, z_new.to(next_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        if HAS_RESIDUAL:
+            acc += tl.load(res_ptr + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
+        y = acc.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + out_offsets, y, mask=out_mask)
 
-    if HAS_STATS:
-        # per-channel (mean, M2) of this tile from the stored values, two passes in registers
-        count = tl.minimum(HW_out - m_tile * BLOCK_M, BLOCK_M).to(tl.float32)
-        y32 = tl.where(out_mask, y.to(tl.float32), 0.0)
-        tile_mean = tl.sum(y32, axis=0) / count
-        deviation = tl.where(out_mask, y32 - tile_mean[None, :], 0.0)
-        tile_m2 = tl.sum(deviation * deviation, axis=0)
-        part = (n * num_m_tiles + m_tile) * C_out + co
-        tl.store(part_mean_ptr + part, tile_mean, mask=co_mask)
-        tl.store(part_m2_ptr + part, tile_m2, mask=co_mask)
+        if HAS_STATS:
+            # per-channel (mean, M2) of this tile from the stored values, two passes in registers
+            count = tl.minimum(HW_out - m_tile * BLOCK_M, BLOCK_M).to(tl.float32)
+            y32 = tl.where(out_mask, y.to(tl.float32), 0.0)
+            tile_mean = tl.sum(y32, axis=0) / count
+            deviation = tl.where(out_mask, y32 - tile_mean[None, :], 0.0)
+            tile_m2 = tl.sum(deviation * deviation, axis=0)
+            part = (n * num_m_tiles + m_tile) * C_out + co
+            tl.store(part_mean_ptr + part, tile_mean, mask=co_mask)
+            tl.store(part_m2_ptr + part, tile_m2, mask=co_mask)
 
 
 @triton.jit(do_not_specialize=["HW_out", "num_m_tiles"])
@@ -318,12 +355,26 @@ def _output_shape(x: torch.Tensor, c_out: int, stride: int) -> tuple:
     return (N, c_out, (H - 1) // stride + 1, (W - 1) // stride + 1)  # kernel 3, padding 1
 
 
+@dataclass(frozen=True)
+class _EulerEpilogue:
+    """The Euler update (4) of :func:`fused_conv3x3_euler`: dense-NHWC fp32 state tensors updated
+    in place, the optional next network input, the step and the exact-y factor (or None)."""
+
+    x: torch.Tensor
+    y: Optional[torch.Tensor]
+    next_input: Optional[torch.Tensor]
+    dt: float
+    y_scale: Optional[float]
+
+
 def _launch(x, packed_weight, bias, stride, pro_a, pro_b, residual, skip_x, skip_w, out,
-            stats_groups, stats_eps, mean, rstd) -> None:
-    """Run the conv (and the statistics combine) on validated dense-NHWC tensors."""
+            stats_groups, stats_eps, mean, rstd, euler: Optional[_EulerEpilogue] = None) -> None:
+    """Run the conv (and the statistics combine) on validated dense-NHWC tensors. With ``euler``,
+    ``out`` is None: the velocity is consumed by the update, never stored."""
     N, C_in, H, W = x.shape
     C_out = packed_weight.shape[1]
-    _, _, H_out, W_out = out.shape
+    _, _, H_out, W_out = (out if out is not None else euler.x).shape
+    dummy = out if out is not None else euler.x  # stands in for absent pointers (flags skip them)
     HW_out = H_out * W_out
     C_skip = skip_x.shape[1] if skip_x is not None else 0
     cfg = pick_config(C_in, C_out, x.dtype, on_gpu=x.is_cuda)
@@ -337,22 +388,29 @@ def _launch(x, packed_weight, bias, stride, pro_a, pro_b, residual, skip_x, skip
         part_mean = torch.empty((N, num_m_tiles, C_out), dtype=torch.float32, device=x.device)
         part_m2 = torch.empty_like(part_mean)
     else:
-        part_mean = part_m2 = out  # dummies, never written without HAS_STATS
+        part_mean = part_m2 = dummy  # never written without HAS_STATS
     _fused_conv3x3_kernel[(grid,)](
         x, packed_weight,
-        bias if bias is not None else out,  # dummies when absent: the constexpr flags skip them
-        pro_a if pro_a is not None else out, pro_b if pro_b is not None else out,
-        residual if residual is not None else out,
-        skip_x if skip_x is not None else out, skip_w if skip_w is not None else out,
-        out, part_mean, part_m2,
+        bias if bias is not None else dummy,  # dummies when absent: the constexpr flags skip them
+        pro_a if pro_a is not None else dummy, pro_b if pro_b is not None else dummy,
+        residual if residual is not None else dummy,
+        skip_x if skip_x is not None else dummy, skip_w if skip_w is not None else dummy,
+        dummy, part_mean, part_m2,
+        euler.x if euler else dummy, euler.y if euler and euler.y is not None else dummy,
+        euler.next_input if euler and euler.next_input is not None else dummy,
         C_in, C_out, C_skip, H, W, H_out, W_out, num_m_tiles, num_n_tiles,
+        euler.x.shape[1] if euler else 0, float(euler.dt) if euler else 0.0,
+        float(euler.y_scale) if euler and euler.y_scale is not None else 1.0,
         STRIDE=stride, HAS_BIAS=bias is not None, HAS_PROLOGUE=pro_a is not None,
         HAS_RESIDUAL=residual is not None, HAS_SKIP=skip_x is not None, HAS_STATS=has_stats,
+        HAS_EULER=euler is not None, EULER_Y=euler is not None and euler.y is not None,
+        EXACT_Y=euler is not None and euler.y_scale is not None,
+        WRITE_NEXT=euler is not None and euler.next_input is not None,
         IEEE_FP32=x.dtype == torch.float32, UPCAST_BF16=x.dtype == torch.bfloat16 and not x.is_cuda,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    record_launch("fused_conv3x3")
+    record_launch("fused_conv3x3_euler" if euler else "fused_conv3x3")
     if has_stats:
         group_size = C_out // stats_groups
         block_t, block_g = combine_blocks(group_size)
@@ -658,3 +716,137 @@ def fused_conv3x3(
         _, stats = _new_outputs(x, packed, stride, groups)
         torch.ops.resflow_fast.fused_conv3x3_out(*args, out, *(stats or (None, None)))
     return out if stats_groups is None else (out, (stats[0], stats[1]))
+
+
+# ------------------------------------------------------------------------------------------------
+# The output conv with the Euler step in its epilogue, equation (4)
+# ------------------------------------------------------------------------------------------------
+def _euler_run_into(h, packed_weight, bias, pro_a, pro_b, x, y, next_input, dt, y_scale) -> None:
+    """Body of the registered Euler op: the kernel when it can run here, else the twin's math."""
+    if x.numel() == 0:
+        return
+    h = _channels_last(h)
+    if use_triton(h, packed_weight, bias, pro_a, pro_b, x, y, next_input):
+        with on_device_of(h):
+            _launch(h, packed_weight, bias, 1, pro_a, pro_b, None, None, None, None, 0, 1e-5, None, None,
+                    euler=_EulerEpilogue(x, y, next_input, dt, y_scale))
+        return
+    v = _reference_fp32(h, unpack_conv3x3_weight(packed_weight), bias, 1, pro_a, pro_b, None, None, None, None)
+    euler_step_reference(x, y, v, dt, inplace=True, next_input=next_input, y_scale=y_scale)
+
+
+@torch.library.custom_op("resflow_fast::fused_conv3x3_euler", mutates_args=("x", "y", "next_input"))
+def _fused_conv3x3_euler_op(
+    h: torch.Tensor, packed_weight: torch.Tensor, bias: Optional[torch.Tensor],
+    prologue_a: Optional[torch.Tensor], prologue_b: Optional[torch.Tensor],
+    x: torch.Tensor, y: Optional[torch.Tensor], next_input: Optional[torch.Tensor], dt: float,
+    y_scale: Optional[float],
+) -> None:
+    """Updates the fp32 state x (and y) in place from the conv's velocity, and writes next_input."""
+    _euler_run_into(h, packed_weight, bias, prologue_a, prologue_b, x, y, next_input, dt, y_scale)
+
+
+@_fused_conv3x3_euler_op.register_fake
+def _(h, packed_weight, bias, prologue_a, prologue_b, x, y, next_input, dt, y_scale):
+    return None
+
+
+def _validate_euler(h, weight, bias, prologue, x, y, dt, y_scale, next_input):
+    """The conv checks of :func:`fused_conv3x3` (stride 1, nothing added to v) plus the state's."""
+    C_out, pro_a, pro_b = _validate(h, weight, bias, 1, prologue, None, None, None, None, None, 1e-5, None)
+    N, _, H, W = h.shape
+    check_tensor("x", x, ndim=4, dtypes=(torch.float32,))
+    C_state = x.shape[1]
+    expected_c_out = 2 * C_state if y is not None else C_state
+    if C_out != expected_c_out:
+        what = "2C for the state [x; y]" if y is not None else "C for an x-only state"
+        raise ValueError(f"the conv has C_out={C_out} outputs but the velocity of a state with x of "
+                         f"{C_state} channels{' and y' if y is not None else ''} has {expected_c_out} ({what})")
+    check_shape("x", x, (N, C_state, H, W))
+    if y is not None:
+        check_tensor("y", y, ndim=4, dtypes=(torch.float32,))
+        check_shape("y", y, tuple(x.shape))
+    elif y_scale is not None:
+        raise ValueError("y_scale moves y exactly along the schedule, but y is None (x-only state)")
+    if next_input is not None:
+        check_tensor("next_input", next_input, ndim=4)
+        check_shape("next_input", next_input, (N, C_out, H, W))
+    # updated in place through NHWC addressing: the state and next_input must be dense NHWC
+    for name, t in (("x", x), ("y", y), ("next_input", next_input)):
+        if t is not None and not t.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError(f"{name} must be channels_last (dense NHWC) to be updated in place, "
+                             f"got strides {t.stride()} for shape {tuple(t.shape)}")
+    written = [("x", x), ("y", y), ("next_input", next_input)]
+    for i, (name, t) in enumerate(written):
+        if t is None:
+            continue
+        for other_name, other in [("h", h), ("weight", weight)] + written[i + 1:]:
+            if _shares_memory(t, other):
+                raise ValueError(f"{name} must not share memory with {other_name}")
+    for name, value in (("dt", dt), ("y_scale", y_scale)):
+        if value is None and name == "y_scale":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite Python number, got {value!r}")
+    check_same_device(h=h, weight=weight, bias=bias, prologue_A=pro_a, prologue_B=pro_b, x=x, y=y,
+                      next_input=next_input)
+    return pro_a, pro_b
+
+
+def fused_conv3x3_euler_reference(
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+    prologue: Optional[tuple] = None, x: torch.Tensor, y: Optional[torch.Tensor] = None, dt: float,
+    y_scale: Optional[float] = None, next_input: Optional[torch.Tensor] = None,
+):
+    """Pure-torch twin of :func:`fused_conv3x3_euler`: the conv (1)-(2) in fp32, then
+    :func:`euler_step_reference` with that fp32 velocity. Same arguments and returns."""
+    pro_a, pro_b = _validate_euler(h, weight, bias, prologue, x, y, dt, y_scale, next_input)
+    weight4d = unpack_conv3x3_weight(weight) if weight.ndim == 2 else weight
+    v = _reference_fp32(h, weight4d, bias, 1, pro_a, pro_b, None, None, None, None)
+    return euler_step_reference(x, y, v, float(dt), inplace=True, next_input=next_input,
+                                y_scale=None if y_scale is None else float(y_scale))
+
+
+def fused_conv3x3_euler(
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+    prologue: Optional[tuple] = None, x: torch.Tensor, y: Optional[torch.Tensor] = None, dt: float,
+    y_scale: Optional[float] = None, next_input: Optional[torch.Tensor] = None,
+):
+    """The U-Net's output conv and the sampler's Euler step as one kernel, equation (4):
+
+        v = conv3x3(SiLU(A * h + B)) + bias            (1)-(2), stride 1, v kept in fp32
+        x <- x - dt * v[:, :C]                         (reference/sampler.py: z <- z - dt * v)
+        y <- y - dt * v[:, C:]   or  y <- y * y_scale  (the exact-y option, kernels/euler_step.py (2c))
+        next_input <- [x; y]                           (cast to next_input's dtype)
+
+    so the velocity never touches memory and the separate :func:`euler_step` pass disappears.
+
+    Args:
+        h: (N, C_in, H, W) activation entering the output norm, as for :func:`fused_conv3x3`.
+        weight, bias, prologue: as for :func:`fused_conv3x3`; C_out = 2C (C without y).
+        x: (N, C, H, W) fp32 state, channels-last; updated in place.
+        y: (N, C, H, W) fp32 auxiliary state, channels-last, updated in place; None for x-only.
+        dt: the step t_k - t_{k+1} (a runtime float, never recompiles).
+        y_scale: sigma_y(t_next) / sigma_y(t) (:func:`exact_y_scale`) to move y exactly instead.
+        next_input: optional (N, C_out, H, W) channels-last tensor of any float dtype that receives
+            the new [x; y]: the next network input. h may not share memory with it or the state.
+
+    Returns:
+        (x, y): the updated state tensors themselves (y None without y).
+
+    The velocity is not rounded to the activation dtype before the update (the unfused path rounds
+    it once, to the dtype of the conv's output). When autograd would record through any input,
+    this runs the twin :func:`fused_conv3x3_euler_reference`.
+    """
+    pro_a, pro_b = _validate_euler(h, weight, bias, prologue, x, y, dt, y_scale, next_input)
+    if needs_autograd(h, weight, bias, pro_a, pro_b, x, y):
+        return fused_conv3x3_euler_reference(h, weight, bias, prologue=prologue, x=x, y=y, dt=dt,
+                                             y_scale=y_scale, next_input=next_input)
+    h = _channels_last(h)
+    packed = weight if weight.ndim == 2 else pack_conv3x3_weight(weight, h.dtype)
+    total_bias = bias.float().contiguous() if bias is not None else None
+    if pro_a is not None:
+        pro_a, pro_b = pro_a.contiguous(), pro_b.contiguous()
+    torch.ops.resflow_fast.fused_conv3x3_euler(h, packed, total_bias, pro_a, pro_b, x, y, next_input, float(dt),
+                                               None if y_scale is None else float(y_scale))
+    return x, y
