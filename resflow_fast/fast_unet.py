@@ -21,9 +21,17 @@ the forward runs (architecture.md, "the fast U-Net"):
       conv2:  (A2, B2) = fold(m2, r2, GN2 affine, 1 + s, shift b)        [fold_group_norm]
               out = fused_conv3x3(h, W2, b2, prologue=(A2, B2), residual=x | 1x1 skip of x)
 
-  so the normalised tensors never exist in memory. Inference only: a block in training mode
-  with dropout > 0 runs the unfused path (which, like before, treats dropout as the identity).
-  With ``fused_conv="off"`` the forward is exactly the unfused one.
+  so the normalised tensors never exist in memory. Where a ResBlock's output is the next norm's
+  input as is (a ResBlock followed by another in the down path and the middle, and the last one
+  into the output norm), conv2 also returns that norm's statistics, and the next conv skips
+  :func:`group_stats`;
+* in :meth:`FastUNet.step` (the sampler's per-step call), the output conv with the output norm in
+  its prologue and the Euler update of the fp32 state in its epilogue (:func:`fused_conv3x3_euler`),
+  so the velocity never exists in memory either.
+
+  Inference only: a block in training mode with dropout > 0 runs the unfused path (which, like
+  before, treats dropout as the identity). With ``fused_conv="off"`` the forward is exactly the
+  unfused one.
 
 The math is the reference's (resflow-math.md, "Network"); this file only reorders memory traffic.
 """
@@ -36,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .conv_dispatch import ConvDispatch, ConvKey
-from .kernels import fused_conv3x3, group_norm_modulate_silu, pack_conv3x3_weight
+from .kernels import euler_step, fused_conv3x3, fused_conv3x3_euler, group_norm_modulate_silu, pack_conv3x3_weight
 from .reference.unet import AttentionBlock, Downsample, GroupNorm32, ResBlock, Stage, UNet, Upsample
 
 
@@ -47,11 +55,11 @@ def group_stats(x: torch.Tensor, num_groups: int, eps: float) -> tuple[torch.Ten
     """GroupNorm statistics of ``x`` (N, C, H, W): ``(mean, rstd)``, each (N, num_groups) fp32,
     with the biased variance and ``rstd = 1 / sqrt(var + eps)``, as ``F.group_norm`` uses them.
 
-    The input statistics of a fused conv1 (and of a fused conv2 after an unfused conv1). A previous
-    conv's epilogue could supply them only where a ResBlock directly follows a fused ResBlock (not
-    after a resampler, a skip concatenation or attention), so they are always computed here: plain
-    torch in fp32 (``torch.var_mean``, never ``E[x^2] - E[x]^2``), simple and accurate, at the
-    price of an fp32 copy of x and its reduction, which "auto" timing charges to the fused path.
+    The input statistics of a fused conv where no previous conv's epilogue supplied them: after a
+    resampler, a skip concatenation or attention, or an unfused conv (see :meth:`FastUNet._features`
+    for where they chain). Plain torch in fp32 (``torch.var_mean``, never ``E[x^2] - E[x]^2``),
+    simple and accurate, at the price of an fp32 copy of x and its reduction, which "auto" timing
+    charges to the fused path.
     """
     N, C = x.shape[:2]
     # (N, H, W, C) is a free view of a channels-last x; groups are runs of C // G channels
@@ -175,14 +183,17 @@ class FastUNet:
         return group_norm_modulate_silu(x, norm.num_groups, norm.weight, norm.bias, scale, shift,
                                         eps=norm.eps, apply_silu=silu)
 
-    def _res_block(self, block: ResBlock, x: torch.Tensor, cond: StepConditioning) -> torch.Tensor:
+    def _res_block(self, block: ResBlock, x: torch.Tensor, cond: StepConditioning, x_stats=None,
+                   next_norm: GroupNorm32 | None = None):
+        """-> (out, stats): ``stats`` = (mean, rstd) of out for ``next_norm`` when a fused conv2's
+        epilogue produced them, else None. ``x_stats``: norm1's statistics of x, if known."""
         if self.dispatch.enabled and self._may_fuse(block):
-            return self._res_block_dispatched(block, x, cond)
+            return self._res_block_dispatched(block, x, cond, x_stats, next_norm)
         s, b = cond.modulation[id(block)]
         h = self._conv(block.conv1, self._norm(block.norm1, x))
         h = self._conv(block.conv2, self._norm(block.norm2, h, s, b))  # dropout is the identity at inference
         skip = x if isinstance(block.skip, torch.nn.Identity) else self._conv(block.skip, x)
-        return skip.add_(h) if skip is not x else h.add_(skip)
+        return (skip.add_(h) if skip is not x else h.add_(skip)), None
 
     # -- the fused ResBlock path (conv_dispatch) ----------------------------------------------------
     def _may_fuse(self, block: ResBlock) -> bool:
@@ -201,19 +212,24 @@ class FastUNet:
             packed = self._packed[id(conv)] = pack_conv3x3_weight(conv.weight.detach(), self.dtype)
         return packed
 
-    def _conv1_fused(self, block: ResBlock, x: torch.Tensor, want_stats: bool):
-        """conv1(SiLU(GN1(x))) as one fused_conv3x3 -> (h, (mean, rstd) of h for GN2, or None)."""
+    def _conv1_fused(self, block: ResBlock, x: torch.Tensor, want_stats: bool, x_stats=None):
+        """conv1(SiLU(GN1(x))) as one fused_conv3x3 -> (h, (mean, rstd) of h for GN2, or None).
+        ``x_stats``: GN1's statistics of x from the previous conv's epilogue, else computed here."""
         norm1, norm2 = block.norm1, block.norm2
-        a, b = fold_group_norm(*group_stats(x, norm1.num_groups, norm1.eps), norm1.weight, norm1.bias)
+        if x_stats is None:
+            x_stats = group_stats(x, norm1.num_groups, norm1.eps)
+        a, b = fold_group_norm(*x_stats, norm1.weight, norm1.bias)
         bias = block.conv1.bias.detach() if block.conv1.bias is not None else None
         if not want_stats:
             return fused_conv3x3(x, self._packed_weight(block.conv1), bias, prologue=(a, b)), None
         return fused_conv3x3(x, self._packed_weight(block.conv1), bias, prologue=(a, b),
                              stats_groups=norm2.num_groups, stats_eps=norm2.eps)
 
-    def _conv2_fused(self, block: ResBlock, x: torch.Tensor, h: torch.Tensor, stats, s, b) -> torch.Tensor:
-        """skip(x) + conv2(SiLU(GN2(h) * (1 + s) + b)) as one fused_conv3x3; ``stats`` = GN2's
-        statistics of h from conv1's epilogue, or None to compute them here."""
+    def _conv2_fused(self, block: ResBlock, x: torch.Tensor, h: torch.Tensor, stats, s, b,
+                     next_norm: GroupNorm32 | None = None):
+        """skip(x) + conv2(SiLU(GN2(h) * (1 + s) + b)) as one fused_conv3x3 -> (out, stats of out
+        for ``next_norm`` from the epilogue, or None without it); ``stats`` = GN2's statistics of h
+        from conv1's epilogue, or None to compute them here."""
         norm2 = block.norm2
         if stats is None:
             stats = group_stats(h, norm2.num_groups, norm2.eps)
@@ -221,36 +237,45 @@ class FastUNet:
         bias = block.conv2.bias.detach() if block.conv2.bias is not None else None
         packed = self._packed_weight(block.conv2)
         if isinstance(block.skip, torch.nn.Identity):
-            return fused_conv3x3(h, packed, bias, prologue=(pa, pb), residual=x)
-        skip_w, _ = self._weights[id(block.skip)]
-        skip_b = block.skip.bias.detach() if block.skip.bias is not None else None
-        return fused_conv3x3(h, packed, bias, prologue=(pa, pb), skip_x=x, skip_weight=skip_w, skip_bias=skip_b)
+            extra = dict(residual=x)
+        else:
+            skip_w, _ = self._weights[id(block.skip)]
+            skip_b = block.skip.bias.detach() if block.skip.bias is not None else None
+            extra = dict(skip_x=x, skip_weight=skip_w, skip_bias=skip_b)
+        if next_norm is None:
+            return fused_conv3x3(h, packed, bias, prologue=(pa, pb), **extra), None
+        return fused_conv3x3(h, packed, bias, prologue=(pa, pb), stats_groups=next_norm.num_groups,
+                             stats_eps=next_norm.eps, **extra)
 
     @staticmethod
-    def _conv2_key(block: ResBlock, x: torch.Tensor) -> ConvKey:
+    def _conv2_key(block: ResBlock, x: torch.Tensor, with_stats: bool) -> ConvKey:
         """conv2's key from the block input x: its input h has x's size and out_channels channels."""
         variant = ("modnorm+residual" if isinstance(block.skip, torch.nn.Identity)
                    else f"modnorm+skip{block.in_channels}")
         return ConvKey.for_shape(x.device, x.dtype, block.out_channels, x.shape[-2], x.shape[-1],
-                                 block.out_channels, 1, variant)
+                                 block.out_channels, 1, variant + ("+stats" if with_stats else ""))
 
-    def _res_block_dispatched(self, block: ResBlock, x: torch.Tensor, cond: StepConditioning) -> torch.Tensor:
+    def _res_block_dispatched(self, block: ResBlock, x: torch.Tensor, cond: StepConditioning, x_stats=None,
+                              next_norm: GroupNorm32 | None = None):
         """The ResBlock with each conv fused or not, as :attr:`dispatch` decides per conv shape.
+        Returns (out, stats of out for ``next_norm`` or None), as :meth:`_res_block`.
 
         Under "auto" an undecided conv is timed here, on these very tensors, against the unfused
-        path it replaces: conv1 as GN1 + conv (fused: x's statistics, the fold and the fused conv
-        with h's statistics), conv2 as modulated GN2 + conv + skip/residual add (fused: the fold
-        and the fused conv). A fused conv1 writes h's statistics whenever conv2 may fuse."""
+        path it replaces: conv1 as GN1 + conv (fused: x's statistics unless ``x_stats`` came from
+        the previous conv's epilogue, the fold and the fused conv with h's statistics), conv2 as
+        modulated GN2 + conv + skip/residual add (fused: the fold and the fused conv, with the
+        next norm's statistics of out when ``next_norm`` is given). A fused conv1 writes h's
+        statistics whenever conv2 may fuse."""
         s, b = cond.modulation[id(block)]
         dispatch = self.dispatch
-        key1 = ConvKey.for_input(x, block.out_channels, 1, "norm+stats")
-        key2 = self._conv2_key(block, x)
+        key1 = ConvKey.for_input(x, block.out_channels, 1, "norm+stats" if x_stats is None else "stats+stats")
+        key2 = self._conv2_key(block, x, next_norm is not None)
         fuse2_known = dispatch.lookup(key2)
         want_stats = fuse2_known is not False
-        fuse1 = dispatch.use_fused(key1, fused=lambda: self._conv1_fused(block, x, want_stats),
+        fuse1 = dispatch.use_fused(key1, fused=lambda: self._conv1_fused(block, x, want_stats, x_stats),
                                    baseline=lambda: self._conv(block.conv1, self._norm(block.norm1, x)))
         if fuse1:
-            h, stats = self._conv1_fused(block, x, want_stats)
+            h, stats = self._conv1_fused(block, x, want_stats, x_stats)
         else:
             h, stats = self._conv(block.conv1, self._norm(block.norm1, x)), None
 
@@ -260,8 +285,10 @@ class FastUNet:
             return skip.add_(out) if skip is not x else out.add_(skip)
 
         fuse2 = fuse2_known if fuse2_known is not None else dispatch.use_fused(
-            key2, fused=lambda: self._conv2_fused(block, x, h, stats, s, b), baseline=unfused2)
-        return self._conv2_fused(block, x, h, stats, s, b) if fuse2 else unfused2()
+            key2, fused=lambda: self._conv2_fused(block, x, h, stats, s, b, next_norm), baseline=unfused2)
+        if fuse2:
+            return self._conv2_fused(block, x, h, stats, s, b, next_norm)
+        return unfused2(), None
 
     def _attention(self, attn: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -274,35 +301,104 @@ class FastUNet:
         h = h.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
         return x + self._conv(attn.proj, h)
 
-    def _stage(self, stage: Stage, x: torch.Tensor, cond: StepConditioning) -> torch.Tensor:
+    def _stage(self, stage: Stage, x: torch.Tensor, cond: StepConditioning, x_stats=None,
+               next_norm: GroupNorm32 | None = None):
+        """-> (out, stats of out for ``next_norm`` or None). Statistics pass from a fused conv2's
+        epilogue only where the stage ends with its ResBlock (no attention or resampler after it)."""
+        stats = None
         if stage.res is not None:
-            x = self._res_block(stage.res, x, cond)
+            ends_here = stage.attn is None and stage.resample is None
+            x, stats = self._res_block(stage.res, x, cond, x_stats, next_norm if ends_here else None)
         if stage.attn is not None:
             x = self._attention(stage.attn, x)
         if isinstance(stage.resample, Downsample):  # stride-2 conv
             x = self._conv(stage.resample.conv, x)
         elif isinstance(stage.resample, Upsample):  # nearest x2, then a conv
             x = self._conv(stage.resample.conv, F.interpolate(x, scale_factor=2, mode="nearest"))
-        return x
+        return x, stats
 
-    # -- one step --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def forward(self, z: torch.Tensor, cond: StepConditioning) -> torch.Tensor:
-        """v = U-Net(z, t) for the step ``cond`` was prepared for; (B, in, H, W) -> (B, out, H, W)
-        in ``dtype``, channels-last. H and W must be multiples of :attr:`multiple`."""
+    @staticmethod
+    def _first_norm(stage: Stage) -> GroupNorm32 | None:
+        """The norm that reads a stage's input directly (its ResBlock's norm1), if any."""
+        return stage.res.norm1 if stage.res is not None else None
+
+    def _features(self, z: torch.Tensor, cond: StepConditioning, out_norm_stats: bool = False):
+        """Everything before the output norm -> (h, out_norm's statistics of h or None).
+
+        Where a stage's output is the next stage's input as is (down path, middle, and, when
+        ``out_norm_stats``, the last up stage into the output norm; not across a skip
+        concatenation), a fused conv2 also returns the statistics that the next norm needs, so
+        no separate pass computes them."""
         u = self.unet
         if z.shape[-2] % self.multiple or z.shape[-1] % self.multiple:
             raise ValueError(f"FastUNet: input {tuple(z.shape)} is not padded to a multiple of {self.multiple}")
         z = z.to(self.dtype).contiguous(memory_format=torch.channels_last)
         h = self._conv(u.input_conv, z)
         skips = [h]
-        for stage in u.down:
-            h = self._stage(stage, h, cond)
-            skips.append(h)
-        for stage in u.middle:
-            h = self._stage(stage, h, cond)
-        for stage in u.up:
-            h = self._stage(stage, torch.cat([h, skips.pop()], dim=1), cond)
-        return self._conv(u.out_conv, self._norm(u.out_norm, h))
+        chain = list(u.down) + list(u.middle)
+        stats = None
+        for i, stage in enumerate(chain):
+            next_norm = self._first_norm(chain[i + 1]) if i + 1 < len(chain) else None
+            h, stats = self._stage(stage, h, cond, stats, next_norm)
+            if i < len(u.down):
+                skips.append(h)
+        for i, stage in enumerate(u.up):
+            next_norm = u.out_norm if (out_norm_stats and i == len(u.up) - 1) else None
+            h, stats = self._stage(stage, torch.cat([h, skips.pop()], dim=1), cond, None, next_norm)
+        return h, stats
+
+    # -- one step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, z: torch.Tensor, cond: StepConditioning) -> torch.Tensor:
+        """v = U-Net(z, t) for the step ``cond`` was prepared for; (B, in, H, W) -> (B, out, H, W)
+        in ``dtype``, channels-last. H and W must be multiples of :attr:`multiple`."""
+        h, _ = self._features(z, cond)
+        return self._conv(self.unet.out_conv, self._norm(self.unet.out_norm, h))
 
     __call__ = forward
+
+    @torch.no_grad()
+    def step(self, z: torch.Tensor, cond: StepConditioning, x: torch.Tensor, y: torch.Tensor | None,
+             dt: float, y_scale: float | None = None) -> None:
+        """One Euler step of the sampler: v = U-Net(z, t), then ``x <- x - dt v_x``, ``y <- y - dt v_y``
+        (or ``y * y_scale``) in place, and the new [x; y] written into ``z`` (the next network input:
+        ``dtype``, channels-last, as the sampler keeps it). x, y: fp32 channels-last state.
+
+        The output conv (its norm in the prologue) runs with the update in its epilogue,
+        :func:`fused_conv3x3_euler`, where :attr:`dispatch` says so (variant "norm+euler"), else
+        the conv and then :func:`euler_step`."""
+        u = self.unet
+        if not self.dispatch.enabled:
+            h, _ = self._features(z, cond)
+            v = self._conv(u.out_conv, self._norm(u.out_norm, h))
+            euler_step(x, y, v, dt, inplace=True, next_input=z, y_scale=y_scale)
+            return
+        key = ConvKey.for_shape(z.device, self.dtype, u.out_conv.in_channels, z.shape[-2], z.shape[-1],
+                                u.out_conv.out_channels, 1, "norm+euler")
+        decision = self.dispatch.lookup(key)
+        h, stats = self._features(z, cond, out_norm_stats=decision is not False)
+
+        def fused(x=x, y=y, z=z):
+            self._out_conv_euler(h, stats, x, y, dt, y_scale, z)
+
+        def unfused(x=x, y=y, z=z):
+            v = self._conv(u.out_conv, self._norm(u.out_norm, h))
+            euler_step(x, y, v, dt, inplace=True, next_input=z, y_scale=y_scale)
+
+        if decision is None:  # "auto" times both on scratch copies: the real state moves once
+            scratch = dict(x=x.clone(), y=None if y is None else y.clone(), z=z.clone())
+            decision = self.dispatch.use_fused(key, fused=lambda: fused(**scratch),
+                                               baseline=lambda: unfused(**scratch))
+        if decision:
+            fused()
+        else:
+            unfused()
+
+    def _out_conv_euler(self, h, stats, x, y, dt, y_scale, z) -> None:
+        norm = self.unet.out_norm
+        if stats is None:
+            stats = group_stats(h, norm.num_groups, norm.eps)
+        a, b = fold_group_norm(*stats, norm.weight, norm.bias)
+        conv = self.unet.out_conv
+        fused_conv3x3_euler(h, self._packed_weight(conv), conv.bias.detach() if conv.bias is not None else None,
+                            prologue=(a, b), x=x, y=y, dt=dt, y_scale=y_scale, next_input=z)

@@ -7,7 +7,8 @@ Same algorithm, same arguments and same results (up to the activation dtype) as 
 
 but on a GPU each step is one fast U-Net forward (bf16, channels-last, fused norms) plus one
 fused :func:`euler_step` that updates the fp32 state x, y and writes the next bf16 network input
-in the same pass. Optionally the whole N-step restore is captured as one CUDA graph per input
+in the same pass (:meth:`FastUNet.step`; with fused convs on, the output conv itself takes that
+step in its epilogue, :func:`fused_conv3x3_euler`). Optionally the whole N-step restore is captured as one CUDA graph per input
 shape, which removes the launch overhead of the ~hundreds of small kernels per step.
 
 On the CPU it falls back to the reference sampler (the same results, in fp32), so it is a
@@ -21,7 +22,6 @@ import torch
 
 from .conv_dispatch import ConvDispatch
 from .fast_unet import FastUNet
-from .kernels import euler_step
 from .kernels.euler_step import exact_y_scale
 from .reference.sampler import Y_MODES, auxiliary_noise, euler_sample
 from .reference.schedule import Schedule, time_grid
@@ -140,9 +140,10 @@ class ResFlowSampler:
         z_in = z.to(dtype=dtype, memory_format=cl, copy=True)
         for k in range(self.steps):
             t, t_next = self.grid[k], self.grid[k + 1]
-            v = net(z_in, conditioning[k])
             y_scale = exact_y_scale(self.schedule, t, t_next) if (y is not None and self.y_mode == "exact") else None
-            euler_step(x, y, v, t - t_next, inplace=True, next_input=z_in, y_scale=y_scale)
+            # v = U-Net(z_in), then x, y move in place and z_in becomes the next input (the output
+            # conv and this update are one kernel where the fused-conv dispatch says so)
+            net.step(z_in, conditioning[k], x, y, t - t_next, y_scale)
         x = crop_to(x, size)
         return (x.clamp(-1.0, 1.0) if clamp else x).contiguous()
 

@@ -1,4 +1,5 @@
 """Tests of resflow_fast/fast_unet.py: the fused forward against the reference U-Net."""
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,8 @@ from resflow_fast import fast_unet as fast_unet_module
 from resflow_fast.conv_dispatch import ConvDispatch
 from resflow_fast.fast_unet import FastUNet, fold_group_norm, group_stats
 from resflow_fast.kernels import _runtime
+from resflow_fast.reference.sampler import euler_sample
+from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import GroupNorm32, ResBlock, UNet, crop_to, pad_to_multiple, preset_config
 from resflow_fast.sampler import ResFlowSampler
 
@@ -133,6 +136,19 @@ def n_res_blocks(model):
     return sum(isinstance(m, ResBlock) for m in model.modules())
 
 
+def ends_with_res_block(stage):
+    return stage.res is not None and stage.attn is None and stage.resample is None
+
+
+def n_chained(model, into_out_norm=False):
+    """How many fused conv2s also return the next norm's statistics: a stage ending with its
+    ResBlock whose output is the next ResBlock's input as is (down path and middle), and, in the
+    sampler's step, the last up stage into the output norm."""
+    chain = list(model.down) + list(model.middle)
+    n = sum(ends_with_res_block(a) and b.res is not None for a, b in zip(chain, chain[1:]))
+    return n + int(into_out_norm and ends_with_res_block(model.up[-1]))
+
+
 def test_group_stats_and_fold_reproduce_the_modulated_group_norm():
     torch.manual_seed(0)
     N, C, G = 2, 16, 4
@@ -164,7 +180,9 @@ def test_fused_conv_on_matches_reference_and_off_with_twins(monkeypatch, no_poli
     assert fused_calls == []
     on = padded_forward(model, z, 0.6, "on")
     assert len(fused_calls) == 2 * n_res_blocks(model)
-    assert sum(c.get("stats_groups") is not None for c in fused_calls) == n_res_blocks(model)
+    # every conv1 gives GN2's statistics; conv2s chained to the next norm give its statistics
+    assert n_chained(model) > 0
+    assert sum(c.get("stats_groups") is not None for c in fused_calls) == n_res_blocks(model) + n_chained(model)
     assert sum(c.get("skip_x") is not None for c in fused_calls) > 0  # some blocks change channels
     assert sum(c.get("residual") is not None for c in fused_calls) > 0  # some keep them
     assert expected.abs().max() > 0.5  # the comparison sees the whole network
@@ -186,7 +204,8 @@ def test_fused_conv_on_matches_reference_under_interpreter(monkeypatch, no_polic
     before = dict(_runtime.launch_counts)
     on = padded_forward(model, z, 0.3, "on")
     launched = {k: _runtime.launch_counts[k] - before.get(k, 0) for k in ("fused_conv3x3", "conv3x3_group_stats")}
-    assert launched == {"fused_conv3x3": 2 * n_res_blocks(model), "conv3x3_group_stats": n_res_blocks(model)}
+    assert launched == {"fused_conv3x3": 2 * n_res_blocks(model),
+                        "conv3x3_group_stats": n_res_blocks(model) + n_chained(model)}
     torch.testing.assert_close(on, expected, atol=1e-4, rtol=1e-4)
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")  # "off" through the twins: its kernels are tested above
     torch.testing.assert_close(on, padded_forward(model, z, 0.3, "off"), atol=1e-4, rtol=1e-4)
@@ -206,7 +225,8 @@ class _SplitDispatch(ConvDispatch):
 @pytest.mark.parametrize("prefix", ["norm+", "modnorm+"], ids=["conv1-only", "conv2-only"])
 def test_one_fused_conv_per_block_matches_reference(monkeypatch, fused_calls, prefix):
     """Mixed decisions ("auto" can keep either conv alone): conv1 fused without a fused conv2
-    writes no statistics; conv2 fused after an unfused conv1 computes h's statistics itself."""
+    writes no statistics; conv2 fused after an unfused conv1 computes h's statistics itself (and
+    still hands the next norm its statistics, which an unfused conv1 there does not use)."""
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
     model = scaled_unet(2)
     z = torch.randn(1, 6, 8, 16)
@@ -214,8 +234,21 @@ def test_one_fused_conv_per_block_matches_reference(monkeypatch, fused_calls, pr
         expected = model(z, torch.tensor([0.5]))
     got = padded_forward(model, z, 0.5, _SplitDispatch(prefix))
     assert len(fused_calls) == n_res_blocks(model)
-    assert all(c.get("stats_groups") is None for c in fused_calls)
+    with_stats = sum(c.get("stats_groups") is not None for c in fused_calls)
+    assert with_stats == (0 if prefix == "norm+" else n_chained(model))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_chained_statistics_replace_group_stats(monkeypatch, no_policy_env):
+    """Where conv2's epilogue hands the next conv1 its input statistics, group_stats is not run
+    for it: one call per ResBlock conv1 fewer than without chaining."""
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    model = scaled_unet(5)
+    calls = []
+    real = fast_unet_module.group_stats
+    monkeypatch.setattr(fast_unet_module, "group_stats", lambda *a: calls.append(a[0].shape) or real(*a))
+    padded_forward(model, torch.randn(1, 6, 8, 8), 0.5, "on")
+    assert len(calls) == n_res_blocks(model) - n_chained(model)
 
 
 @pytest.mark.parametrize("policy", [None, "off", "auto"])
@@ -262,6 +295,89 @@ def test_sampler_passes_the_policy_through(monkeypatch, no_policy_env, fused_cal
     on = sampler(lq, seed=1)
     assert len(fused_calls) == 2 * 2 * n_res_blocks(model)
     torch.testing.assert_close(on, off, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture
+def euler_calls(monkeypatch):
+    """Counts the fast U-Net's calls of fused_conv3x3_euler."""
+    calls = []
+    real = fast_unet_module.fused_conv3x3_euler
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast_unet_module, "fused_conv3x3_euler", spy)
+    return calls
+
+
+@pytest.mark.parametrize("y_mode", ["joint", "exact"])
+@pytest.mark.parametrize("schedule", ["entropy_preserving", "x_only"])
+def test_step_fused_output_conv_matches_forward_then_euler_step(monkeypatch, no_policy_env, euler_calls,
+                                                                y_mode, schedule):
+    """FastUNet.step with "on": the output conv takes the Euler step in its epilogue (statistics of
+    its input from the last ResBlock's epilogue); the state and the next input equal those of
+    forward() followed by euler_step, and of the reference sampler."""
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    sched = Schedule(schedule)
+    model = scaled_unet(6, auxiliary=sched.has_auxiliary)
+    lq = torch.rand(2, 3, 12, 8) * 2 - 1
+    reference = euler_sample(model, lq, steps=3, seed=4, schedule=sched, y_mode=y_mode)
+    on = ResFlowSampler(model, sched, steps=3, fast=True, dtype=torch.float32, y_mode=y_mode, fused_conv="on")
+    got = on(lq, seed=4)
+    assert len(euler_calls) == 3
+    assert all(c["prologue"] is not None and (c["y"] is None) == (schedule == "x_only") for c in euler_calls)
+    assert all((c["y_scale"] is not None) == (y_mode == "exact" and schedule != "x_only") for c in euler_calls)
+    torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-4)
+    euler_calls.clear()
+    off = ResFlowSampler(model, sched, steps=3, fast=True, dtype=torch.float32, y_mode=y_mode)(lq, seed=4)
+    assert euler_calls == []
+    torch.testing.assert_close(got, off, atol=1e-4, rtol=1e-4)
+
+
+def test_step_under_auto_times_scratch_copies_and_moves_the_state_once(monkeypatch, no_policy_env, tmp_path,
+                                                                       euler_calls):
+    """ "auto" measures the output conv on copies: whatever it decides, the real state takes
+    exactly one Euler step. (The timer is injected, so this runs on the CPU; the ConvKey is
+    made to look like a CUDA one so "auto" measures.)"""
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    model = scaled_unet(7)
+    timings = iter([2.0, 1.0] * 64)  # baseline 2 ms, fused 1 ms: every measured conv fuses
+    dispatch = ConvDispatch("auto", cache_path=tmp_path / "cache.json", timer=lambda fn: (fn(), next(timings))[1])
+    real_lookup = ConvDispatch.lookup
+    monkeypatch.setattr(ConvDispatch, "lookup", lambda self, key: real_lookup(
+        self, dataclasses.replace(key, device_type="cuda")))
+    net = FastUNet(model, torch.float32, fused_conv=dispatch)
+    ref_net = FastUNet(model, torch.float32)
+    cl = torch.channels_last
+    z = torch.randn(1, 6, 8, 8).contiguous(memory_format=cl)
+    x, y = z[:, :3].contiguous(memory_format=cl), z[:, 3:].contiguous(memory_format=cl)
+    times = torch.tensor([1.0])
+    expected_x, expected_y, expected_z = x.clone(), y.clone(), z.clone()
+    ref_net.step(expected_z, ref_net.prepare(times, 1)[0], expected_x, expected_y, 0.25)
+    net.step(z, net.prepare(times, 1)[0], x, y, 0.25)
+    assert dispatch.measurements > 0
+    assert len(euler_calls) == 2  # once timed (on the copies), once for real
+    assert euler_calls[0]["x"] is not x and euler_calls[1]["x"] is x
+    torch.testing.assert_close(x, expected_x, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(y, expected_y, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(z, expected_z, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.interpreter_only
+def test_sampler_with_fused_convs_matches_reference_under_interpreter(monkeypatch, no_policy_env):
+    """The Triton kernels themselves through a whole 2-step restore: ResBlock convs with chained
+    statistics and the output conv with the Euler epilogue."""
+    monkeypatch.delenv("RESFLOW_DISABLE_TRITON", raising=False)
+    model = scaled_unet(8, base_channels=16, num_groups=8)
+    lq = torch.rand(1, 3, 8, 8) * 2 - 1
+    before = dict(_runtime.launch_counts)
+    got = ResFlowSampler(model, steps=2, fast=True, dtype=torch.float32, fused_conv="on")(lq, seed=2)
+    launched = {k: _runtime.launch_counts[k] - before.get(k, 0)
+                for k in ("fused_conv3x3", "fused_conv3x3_euler", "conv3x3_group_stats")}
+    assert launched == {"fused_conv3x3": 2 * 2 * n_res_blocks(model), "fused_conv3x3_euler": 2,
+                        "conv3x3_group_stats": 2 * (n_res_blocks(model) + n_chained(model, into_out_norm=True))}
+    torch.testing.assert_close(got, euler_sample(model, lq, steps=2, seed=2), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.cuda
