@@ -57,6 +57,7 @@ calls it per conv where :mod:`resflow_fast.conv_dispatch` says so (default off: 
 cuDNN has not been measured on a GPU yet; ``benchmarks/conv_rows.py`` is the per-layer table).
 """
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -78,9 +79,17 @@ from ._runtime import (
 )
 from .euler_step import euler_step_reference
 
+try:  # host-side tensor descriptors (TMA on Hopper; the interpreter emulates them)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except Exception:  # noqa: BLE001 - an old Triton, or none: the pointer path only
+    TensorDescriptor = None
+
 # Pixel indices inside the kernel are int32 (a 32768^2 image); element offsets are int64.
 MAX_PIXELS = 2**30
 MAX_PROGRAMS = 2**31 - 1  # CUDA grid axis 0
+#: ``RESFLOW_CONV_TMA=1`` runs stride-1 convs through the TMA variant wherever it can (see
+#: :func:`tma_eligible`). Off by default until a Hopper run has measured it against the pointer path.
+ENV_TMA = "RESFLOW_CONV_TMA"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,10 +110,12 @@ def _accumulate_dot(acc, a, b, IEEE_FP32: tl.constexpr, UPCAST_BF16: tl.constexp
     return acc
 
 
-@triton.jit(do_not_specialize=["H", "W", "H_out", "W_out", "num_m_tiles", "dt", "y_scale"])
+@triton.jit(do_not_specialize=["H", "W", "H_out", "W_out", "num_m_tiles", "tiles_w", "dt", "y_scale"])
 def _fused_conv3x3_kernel(
     x_ptr,  # (N, H, W, C_in) dense NHWC, fp32/bf16/fp16
     w_ptr,  # (9 * C_in, C_out) packed weight in x's dtype, row (kh * 3 + kw) * C_in + c
+    x_desc,  # USE_TMA: tensor descriptor of x as (N, H, W, C_in), block [1, TILE_H, TILE_W, BLOCK_K]
+    w_desc,  # USE_TMA: tensor descriptor of the weight as (9, C_in, C_out), block [1, BLOCK_K, BLOCK_N]
     bias_ptr,  # (C_out,) fp32: bias + skip bias; read if HAS_BIAS
     pro_a_ptr,  # (N, C_in) fp32 contiguous: A of (1); read if HAS_PROLOGUE
     pro_b_ptr,  # (N, C_in) fp32 contiguous: B of (1); read if HAS_PROLOGUE
@@ -117,7 +128,7 @@ def _fused_conv3x3_kernel(
     state_x_ptr,  # (N, H_out, W_out, C_state) fp32 dense NHWC state x, updated in place; if HAS_EULER
     state_y_ptr,  # (N, H_out, W_out, C_state) fp32 dense NHWC state y, updated in place; if EULER_Y
     next_ptr,  # (N, H_out, W_out, C_out) dense NHWC, any float dtype: the next [x; y]; if WRITE_NEXT
-    C_in, C_out, C_skip, H, W, H_out, W_out, num_m_tiles, num_n_tiles, C_state, dt, y_scale,
+    C_in, C_out, C_skip, H, W, H_out, W_out, num_m_tiles, num_n_tiles, tiles_w, C_state, dt, y_scale,
     STRIDE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_PROLOGUE: tl.constexpr,
@@ -133,6 +144,8 @@ def _fused_conv3x3_kernel(
     BLOCK_M: tl.constexpr,  # output pixels per tile
     BLOCK_N: tl.constexpr,  # output channels per tile
     BLOCK_K: tl.constexpr,  # input channels per K step
+    USE_TMA: tl.constexpr,  # stride 1: 2-D pixel tiles, input and weight tiles by TMA (tensor descriptors)
+    TILE_W: tl.constexpr,  # USE_TMA: a pixel tile is (BLOCK_M // TILE_W) rows x TILE_W columns
 ):
     # 1-D grid (a 2048^2 image has more tiles than the 65535 allowed on grid axes 1 and 2); the
     # channel tiles of one pixel tile are neighbours, so they share its input rows in L2.
@@ -140,13 +153,27 @@ def _fused_conv3x3_kernel(
     n_tile = pid % num_n_tiles
     rest = pid // num_n_tiles
     m_tile = rest % num_m_tiles
-    n = (rest // num_m_tiles).to(tl.int64)  # int64: N * H * W * C can pass 2**31
+    n32 = rest // num_m_tiles
+    n = n32.to(tl.int64)  # int64: N * H * W * C can pass 2**31
 
     HW_out = H_out * W_out
-    p = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixel within the sample
-    p_mask = p < HW_out
-    oh = p // W_out
-    ow = p - oh * W_out
+    if USE_TMA:
+        # a (TILE_H, TILE_W) box of output pixels: for each tap, its input is the same box shifted
+        # by (kh - 1, kw - 1), one TMA load (out-of-image rows and columns arrive as zeros)
+        TILE_H: tl.constexpr = BLOCK_M // TILE_W
+        tile_row = m_tile // tiles_w
+        oh_first = tile_row * TILE_H
+        ow_first = (m_tile - tile_row * tiles_w) * TILE_W
+        r = tl.arange(0, BLOCK_M)
+        oh = oh_first + r // TILE_W
+        ow = ow_first + r % TILE_W
+        p_mask = (oh < H_out) & (ow < W_out)
+        p = oh * W_out + ow
+    else:
+        p = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixel within the sample
+        p_mask = p < HW_out
+        oh = p // W_out
+        ow = p - oh * W_out
     ih0 = oh * STRIDE - 1  # input row of tap kh = 0 (padding 1)
     iw0 = ow * STRIDE - 1
     co = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -160,15 +187,20 @@ def _fused_conv3x3_kernel(
     num_k_blocks = tl.cdiv(C_in, BLOCK_K)
     for step in range(0, 9 * num_k_blocks):
         tap = step // num_k_blocks
-        ci = (step - tap * num_k_blocks) * BLOCK_K + k_range
+        k_first = (step - tap * num_k_blocks) * BLOCK_K
+        ci = k_first + k_range
         ci_mask = ci < C_in
         kh = tap // 3
+        kw = tap - kh * 3
         ih = ih0 + kh
-        iw = iw0 + (tap - kh * 3)
+        iw = iw0 + kw
         inside = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         a_mask = inside[:, None] & ci_mask[None, :]
-        pixel = (ih * W + iw).to(tl.int64)  # negative in the padding: masked, never dereferenced
-        a = tl.load(x_sample + pixel[:, None] * C_in + ci[None, :], mask=a_mask, other=0.0)
+        if USE_TMA:
+            a = x_desc.load([n32, oh_first + kh - 1, ow_first + kw - 1, k_first]).reshape(BLOCK_M, BLOCK_K)
+        else:
+            pixel = (ih * W + iw).to(tl.int64)  # negative in the padding: masked, never dereferenced
+            a = tl.load(x_sample + pixel[:, None] * C_in + ci[None, :], mask=a_mask, other=0.0)
         if HAS_PROLOGUE:
             scale = tl.load(pro_a_ptr + n * C_in + ci, mask=ci_mask, other=0.0)
             offset = tl.load(pro_b_ptr + n * C_in + ci, mask=ci_mask, other=0.0)
@@ -176,8 +208,11 @@ def _fused_conv3x3_kernel(
             t = t * tl.sigmoid(t)
             # zero padding after the activation: a padded tap contributes 0, not silu(B)
             a = tl.where(a_mask, t, 0.0).to(x_ptr.dtype.element_ty)
-        w = tl.load(w_ptr + (tap * C_in + ci)[:, None] * C_out + co[None, :],
-                    mask=ci_mask[:, None] & co_mask[None, :], other=0.0)
+        if USE_TMA:
+            w = w_desc.load([tap, k_first, n_tile * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)
+        else:
+            w = tl.load(w_ptr + (tap * C_in + ci)[:, None] * C_out + co[None, :],
+                        mask=ci_mask[:, None] & co_mask[None, :], other=0.0)
         acc = _accumulate_dot(acc, a, w, IEEE_FP32, UPCAST_BF16)
 
     out_row = (n * HW_out + p).to(tl.int64)  # pixel row of the NHWC output (and skip input)
@@ -226,7 +261,7 @@ def _fused_conv3x3_kernel(
 
         if HAS_STATS:
             # per-channel (mean, M2) of this tile from the stored values, two passes in registers
-            count = tl.minimum(HW_out - m_tile * BLOCK_M, BLOCK_M).to(tl.float32)
+            count = tl.sum(p_mask.to(tl.float32), axis=0)  # the pixels of this tile inside the image
             y32 = tl.where(out_mask, y.to(tl.float32), 0.0)
             tile_mean = tl.sum(y32, axis=0) / count
             deviation = tl.where(out_mask, y32 - tile_mean[None, :], 0.0)
@@ -236,13 +271,21 @@ def _fused_conv3x3_kernel(
             tl.store(part_m2_ptr + part, tile_m2, mask=co_mask)
 
 
-@triton.jit(do_not_specialize=["HW_out", "num_m_tiles"])
+@triton.jit
+def _tile_pixels(t, rows, cols, tile_rows, tile_cols, tiles_per_row):
+    """fp32 count of the pixels of tile(s) t inside the image (edge tiles are short)."""
+    tr = t // tiles_per_row
+    tc = t - tr * tiles_per_row
+    return (tl.minimum(rows - tr * tile_rows, tile_rows) * tl.minimum(cols - tc * tile_cols, tile_cols)).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["rows", "cols", "tiles_per_row", "num_m_tiles"])
 def _group_stats_combine_kernel(
     part_mean_ptr,  # (N, num_m_tiles, C_out) fp32: tile means from _fused_conv3x3_kernel
     part_m2_ptr,  # (N, num_m_tiles, C_out) fp32: tile M2
     mean_ptr,  # (N, num_groups) fp32 out: group mean
     rstd_ptr,  # (N, num_groups) fp32 out: 1 / sqrt(biased variance + eps)
-    C_out, num_groups, group_size, HW_out, num_m_tiles, tile_pixels, eps,
+    C_out, num_groups, group_size, rows, cols, tile_rows, tile_cols, tiles_per_row, num_m_tiles, eps,
     BLOCK_T: tl.constexpr,  # tiles per loop step
     BLOCK_G: tl.constexpr,  # >= group_size, a power of two
 ):
@@ -257,13 +300,15 @@ def _group_stats_combine_kernel(
     # k-way Chan merge, two sweeps in a fixed order (deterministic):
     #   mean = sum_t n_t mean_t / n,   M2 = sum_t [ M2_t + n_t (mean_t - mean)^2 ].
     # The first sums deviations from one tile's mean, so a large |mean| does not round the sum.
-    total = HW_out.to(tl.float32) * group_size
+    # tile t covers rows [tr * tile_rows, ...) and columns [tc * tile_cols, ...) of a rows x cols
+    # pixel grid: the conv's (H_out, W_out) for 2-D tiles, (1, H_out * W_out) for 1-D ones
+    total = rows.to(tl.float32) * cols.to(tl.float32) * group_size
     pivot = tl.load(part_mean_ptr + sample + group * group_size)
     weighted_sum = tl.zeros([BLOCK_T, BLOCK_G], dtype=tl.float32)
     for t0 in range(0, num_m_tiles, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         mask = (t < num_m_tiles)[:, None] & c_mask[None, :]
-        tile_count = tl.minimum(HW_out - t * tile_pixels, tile_pixels).to(tl.float32)  # last tile is short
+        tile_count = _tile_pixels(t, rows, cols, tile_rows, tile_cols, tiles_per_row)
         tile_mean = tl.load(part_mean_ptr + sample + t[:, None] * C_out + c[None, :], mask=mask, other=0.0)
         weighted_sum += tl.where(mask, tile_count[:, None] * (tile_mean - pivot), 0.0)
     mean = pivot + tl.sum(tl.sum(weighted_sum, axis=1), axis=0) / total
@@ -272,7 +317,7 @@ def _group_stats_combine_kernel(
     for t0 in range(0, num_m_tiles, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         mask = (t < num_m_tiles)[:, None] & c_mask[None, :]
-        tile_count = tl.minimum(HW_out - t * tile_pixels, tile_pixels).to(tl.float32)
+        tile_count = _tile_pixels(t, rows, cols, tile_rows, tile_cols, tiles_per_row)
         offsets = sample + t[:, None] * C_out + c[None, :]
         tile_mean = tl.load(part_mean_ptr + offsets, mask=mask, other=0.0)
         tile_m2 = tl.load(part_m2_ptr + offsets, mask=mask, other=0.0)
@@ -295,6 +340,7 @@ class Conv3x3Config:
     block_k: int  # input channels per K step
     num_warps: int = 4
     num_stages: int = 2
+    tile_w: int = 16  # the TMA variant's tile: (block_m // tile_w) rows x tile_w columns
 
 
 # tl.dot needs every block dimension >= 16
@@ -309,13 +355,34 @@ def pick_config(c_in: int, c_out: int, dtype: torch.dtype, on_gpu: bool) -> Conv
     A heuristic, not autotuning: autotune's timing runs would repeat an in-place residual add.
     """
     if not on_gpu:
-        return Conv3x3Config(block_m=32, block_n=16, block_k=16, num_warps=4, num_stages=1)
+        return Conv3x3Config(block_m=32, block_n=16, block_k=16, num_warps=4, num_stages=1, tile_w=8)
     block_n = min(max(next_power_of_2(c_out), _MIN_BLOCK), 128)
     block_k = min(max(next_power_of_2(c_in), _MIN_BLOCK), 32)
     if dtype == torch.float32:
         return Conv3x3Config(block_m=64, block_n=min(block_n, 64), block_k=block_k, num_warps=4, num_stages=2)
     num_warps = 8 if block_n >= 128 else 4
     return Conv3x3Config(block_m=128, block_n=block_n, block_k=block_k, num_warps=num_warps, num_stages=3)
+
+
+def tma_requested() -> bool:
+    """Whether ``$RESFLOW_CONV_TMA`` asks for the TMA variant (read per call, like the other switches)."""
+    return os.environ.get(ENV_TMA, "").strip() not in ("", "0")
+
+
+def tma_eligible(x: torch.Tensor, packed_weight: torch.Tensor, stride: int) -> bool:
+    """Whether the TMA variant can run this conv: stride 1 (a shifted box per tap), Triton's host
+    tensor descriptors, rows of x and of the packed weight in whole 16-byte units and 16-byte
+    aligned bases (TMA's rules), and a Hopper-or-newer GPU, or the interpreter on the CPU."""
+    if stride != 1 or TensorDescriptor is None:
+        return False
+    size = x.element_size()
+    if (x.shape[1] * size) % 16 or (packed_weight.shape[1] * size) % 16:
+        return False
+    if x.data_ptr() % 16 or packed_weight.data_ptr() % 16:
+        return False
+    if x.is_cuda:
+        return torch.cuda.get_device_capability(x.device)[0] >= 9
+    return True
 
 
 def combine_blocks(group_size: int) -> tuple[int, int]:
@@ -378,7 +445,24 @@ def _launch(x, packed_weight, bias, stride, pro_a, pro_b, residual, skip_x, skip
     HW_out = H_out * W_out
     C_skip = skip_x.shape[1] if skip_x is not None else 0
     cfg = pick_config(C_in, C_out, x.dtype, on_gpu=x.is_cuda)
-    num_m_tiles = cdiv(HW_out, cfg.block_m)
+    use_tma = tma_requested() and tma_eligible(x, packed_weight, stride)
+    if use_tma:
+        tile_h = cfg.block_m // cfg.tile_w
+        tiles_w = cdiv(W_out, cfg.tile_w)
+        num_m_tiles = cdiv(H_out, tile_h) * tiles_w
+        # TMA boxes: the NHWC input (N, H, W, C_in) and the weight as (tap, C_in, C_out); boxes that
+        # reach past an edge (the padding, the K and C_out tails) are filled with zeros
+        # strides from the shape, not x.stride(): a size-1 H or W may carry any stride in torch
+        x_desc = TensorDescriptor(x, [N, H, W, C_in], [H * W * C_in, W * C_in, C_in, 1],
+                                  [1, tile_h, cfg.tile_w, cfg.block_k])
+        w_desc = TensorDescriptor(packed_weight, [9, C_in, C_out], [C_in * C_out, C_out, 1],
+                                  [1, cfg.block_k, cfg.block_n])
+        tile_grid = (H_out, W_out, tile_h, cfg.tile_w, tiles_w)  # (rows, cols, tile rows, tile cols, per row)
+    else:
+        tiles_w = 1
+        num_m_tiles = cdiv(HW_out, cfg.block_m)
+        x_desc, w_desc = x, packed_weight  # unused without USE_TMA
+        tile_grid = (1, HW_out, 1, cfg.block_m, num_m_tiles)  # 1-D tiles along the pixel row
     num_n_tiles = cdiv(C_out, cfg.block_n)
     grid = N * num_m_tiles * num_n_tiles
     if grid > MAX_PROGRAMS:
@@ -390,7 +474,7 @@ def _launch(x, packed_weight, bias, stride, pro_a, pro_b, residual, skip_x, skip
     else:
         part_mean = part_m2 = dummy  # never written without HAS_STATS
     _fused_conv3x3_kernel[(grid,)](
-        x, packed_weight,
+        x, packed_weight, x_desc, w_desc,
         bias if bias is not None else dummy,  # dummies when absent: the constexpr flags skip them
         pro_a if pro_a is not None else dummy, pro_b if pro_b is not None else dummy,
         residual if residual is not None else dummy,
@@ -398,7 +482,7 @@ def _launch(x, packed_weight, bias, stride, pro_a, pro_b, residual, skip_x, skip
         dummy, part_mean, part_m2,
         euler.x if euler else dummy, euler.y if euler and euler.y is not None else dummy,
         euler.next_input if euler and euler.next_input is not None else dummy,
-        C_in, C_out, C_skip, H, W, H_out, W_out, num_m_tiles, num_n_tiles,
+        C_in, C_out, C_skip, H, W, H_out, W_out, num_m_tiles, num_n_tiles, tiles_w,
         euler.x.shape[1] if euler else 0, float(euler.dt) if euler else 0.0,
         float(euler.y_scale) if euler and euler.y_scale is not None else 1.0,
         STRIDE=stride, HAS_BIAS=bias is not None, HAS_PROLOGUE=pro_a is not None,
@@ -407,16 +491,18 @@ def _launch(x, packed_weight, bias, stride, pro_a, pro_b, residual, skip_x, skip
         EXACT_Y=euler is not None and euler.y_scale is not None,
         WRITE_NEXT=euler is not None and euler.next_input is not None,
         IEEE_FP32=x.dtype == torch.float32, UPCAST_BF16=x.dtype == torch.bfloat16 and not x.is_cuda,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, USE_TMA=use_tma, TILE_W=cfg.tile_w,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     record_launch("fused_conv3x3_euler" if euler else "fused_conv3x3")
+    if use_tma:
+        record_launch("fused_conv3x3_tma")
     if has_stats:
         group_size = C_out // stats_groups
         block_t, block_g = combine_blocks(group_size)
         _group_stats_combine_kernel[(N * stats_groups,)](
             part_mean, part_m2, mean, rstd,
-            C_out, stats_groups, group_size, HW_out, num_m_tiles, cfg.block_m, float(stats_eps),
+            C_out, stats_groups, group_size, *tile_grid, num_m_tiles, float(stats_eps),
             BLOCK_T=block_t, BLOCK_G=block_g, num_warps=4,
         )
         record_launch("conv3x3_group_stats")

@@ -666,3 +666,101 @@ def test_cuda_euler_against_fp32_twin_and_deterministic(dtype, exact, op_tol):
     assert torch.isfinite(results[0][2]).all()
     for x, y, nxt in results[1:]:
         assert torch.equal(x, results[0][0]) and torch.equal(y, results[0][1]) and torch.equal(nxt, results[0][2])
+
+
+# ------------------------------------------------------------------------------------------------
+# the TMA variant (RESFLOW_CONV_TMA=1): 2-D pixel tiles, input and weight tiles by tensor descriptor
+# ------------------------------------------------------------------------------------------------
+TMA_CASES = [  # (N, C_in, C_out, H, W): the interpreter's TMA tile is 4 rows x 8 columns, K step 16
+    pytest.param((1, 8, 16, 4, 8), id="one-whole-tile"),
+    pytest.param((2, 20, 12, 7, 11), id="partial-tiles-K-and-N-tails-batch2"),
+    pytest.param((1, 16, 32, 1, 1), id="1x1-image-all-padding"),
+    pytest.param((1, 4, 8, 13, 3), id="tall-narrow"),
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize("options", [("plain",), ("prologue", "stats"), ("prologue", "residual", "stats"),
+                                     ("prologue", "skip", "stats")], ids="+".join)
+@pytest.mark.parametrize("shape", TMA_CASES)
+def test_tma_variant_matches_twin(shape, options, monkeypatch, op_tol):
+    monkeypatch.setenv(conv_module.ENV_TMA, "1")
+    torch.manual_seed(30)
+    n, c_in, c_out, h, w = shape
+    x = activation((n, c_in, h, w))
+    weight, bias = conv_params(c_in, c_out)
+    kwargs = {}
+    for option in options:
+        kwargs.update(option_kwargs(option, x, c_out, 1))
+    assert conv_module.tma_eligible(x, pack_conv3x3_weight(weight), 1)
+    before = _runtime.launch_counts["fused_conv3x3_tma"]
+    result, expected = run_both(x, weight, bias, kwargs, 1, out=nan_out(out_shape(n, c_out, h, w, 1)))
+    assert _runtime.launch_counts["fused_conv3x3_tma"] == before + 1
+    assert_matches(result, expected, op_tol(OP, torch.float32))
+
+
+@interpreter_only
+def test_tma_variant_equals_the_pointer_variant(monkeypatch, op_tol):
+    """Same inputs, both variants: the same outputs and statistics (2-D tiles change only the
+    summation order of the statistics)."""
+    torch.manual_seed(31)
+    x = activation((2, 16, 9, 10))
+    weight, bias = conv_params(16, 16)
+    kwargs = dict(option_kwargs("prologue", x, 16, 1), stats_groups=4)
+    pointer = fused_conv3x3(x, weight, bias, **kwargs)
+    monkeypatch.setenv(conv_module.ENV_TMA, "1")
+    tma = fused_conv3x3(x, weight, bias, **kwargs)
+    torch.testing.assert_close(tma[0], pointer[0], **op_tol(OP, torch.float32))
+    torch.testing.assert_close(tma[1], pointer[1], **op_tol(OP, torch.float32))
+
+
+def test_tma_eligibility():
+    x = activation((1, 8, 5, 5))
+    packed = pack_conv3x3_weight(conv_params(8, 16)[0])
+    assert conv_module.tma_eligible(x, packed, 1) == (conv_module.TensorDescriptor is not None)
+    assert not conv_module.tma_eligible(x, packed, 2)  # a stride-2 tap is not a box
+    assert not conv_module.tma_eligible(activation((1, 3, 5, 5)), pack_conv3x3_weight(conv_params(3, 16)[0]), 1)
+    assert not conv_module.tma_eligible(x, pack_conv3x3_weight(conv_params(8, 6)[0]), 1)  # 24-byte rows
+    shifted = torch.empty(1 + 8 * 25).as_strided((1, 8, 5, 5), (200, 1, 40, 8), 1)  # base 4 bytes off
+    assert not conv_module.tma_eligible(shifted, packed, 1)
+
+
+@interpreter_only
+def test_tma_is_off_by_default_and_skips_ineligible_convs(monkeypatch):
+    monkeypatch.delenv(conv_module.ENV_TMA, raising=False)
+    before = _runtime.launch_counts["fused_conv3x3_tma"]
+    fused_conv3x3(activation((1, 8, 4, 8)), *conv_params(8, 16))
+    assert _runtime.launch_counts["fused_conv3x3_tma"] == before
+    monkeypatch.setenv(conv_module.ENV_TMA, "1")
+    fused_conv3x3(activation((1, 8, 4, 8)), *conv_params(8, 16), stride=2)  # ineligible: pointer path
+    assert _runtime.launch_counts["fused_conv3x3_tma"] == before
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 64, 64, 37, 53), (1, 128, 128, 64, 64), (1, 256, 256, 16, 16),
+                                   (1, 192, 64, 33, 31)])
+def test_cuda_tma_variant_against_fp32_twin_and_pointer_variant(shape, dtype, monkeypatch, op_tol):
+    """Where the GPU has TMA (Hopper+): parity with the fp32 twin, equality with the pointer
+    variant within the dtype's tolerance, and bitwise repeatability."""
+    torch.manual_seed(32)
+    n, c_in, c_out, h, w = shape
+    x = activation((n, c_in, h, w), dtype, "cuda")
+    weight, bias = conv_params(c_in, c_out, dtype, "cuda")
+    packed = pack_conv3x3_weight(weight, dtype)
+    if not conv_module.tma_eligible(x, packed, 1):
+        pytest.skip("this GPU or Triton has no TMA tensor descriptors")
+    kwargs = dict(option_kwargs("prologue", x, c_out, 1), **option_kwargs("residual", x, c_out, 1, dtype),
+                  stats_groups=32)
+    pointer, (pointer_mean, _) = fused_conv3x3(x, packed, bias, **kwargs)
+    monkeypatch.setenv(conv_module.ENV_TMA, "1")
+    before = _runtime.launch_counts["fused_conv3x3_tma"]
+    y, (mean, rstd) = fused_conv3x3(x, packed, bias, **kwargs)
+    assert _runtime.launch_counts["fused_conv3x3_tma"] == before + 1
+    fp32_kwargs = {k: (v.float() if k == "residual" else v) for k, v in kwargs.items()}
+    y_ref, _ = fused_conv3x3_reference(x.float(), weight, bias, **fp32_kwargs)
+    torch.testing.assert_close(y.float(), y_ref, **op_tol(OP, dtype))
+    torch.testing.assert_close(y.float(), pointer.float(), **op_tol(OP, dtype))
+    torch.testing.assert_close(mean, pointer_mean, **op_tol(OP, torch.float32))
+    again, (mean2, rstd2) = fused_conv3x3(x, packed, bias, **kwargs)
+    assert torch.equal(again, y) and torch.equal(mean2, mean) and torch.equal(rstd2, rstd)
