@@ -22,6 +22,9 @@ Per shape, on CUDA in bf16 channels-last (the fast U-Net's layout), with random 
 * "fused + stats": the same, also writing the GroupNorm statistics of its output
   (``stats_groups=G``), the epilogue work that pays for the next layer's A, B; only where
   ``C_out`` divides into G groups.
+* "fused TMA": the plain fused call again with ``RESFLOW_CONV_TMA=1`` (tensor-descriptor loads,
+  2-D pixel tiles), where the GPU and the shape allow it (:func:`fused_conv3x3.tma_eligible`:
+  stride 1, Hopper or newer); its parity against cuDNN + norm is checked as well.
 
 Before timing, the two paths' outputs are compared (max abs error, and relative to the largest
 output value, both of bf16 outputs). Times are medians of triton's ``do_bench`` (L2 flushed between
@@ -34,7 +37,9 @@ the times say nothing about the kernels. Nothing here times the Triton interpret
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
 import time
 import traceback
@@ -185,6 +190,7 @@ def measure_layer(layer: ConvLayer, device: torch.device, clock: Clock, groups: 
     """One row: the parity of the two paths, then their median times (see the module docstring)."""
     from resflow_fast.kernels import (fused_conv3x3, fused_conv3x3_reference, group_norm_modulate_silu,
                                       group_norm_modulate_silu_reference, pack_conv3x3_weight)
+    from resflow_fast.kernels.fused_conv3x3 import tma_eligible
 
     refusal = refusal_to_time()
     if refusal:
@@ -221,23 +227,55 @@ def measure_layer(layer: ConvLayer, device: torch.device, clock: Clock, groups: 
     if s.c_out % groups == 0:
         variants["fused_stats"] = lambda: conv_fn(x, packed, b, stride=s.stride, prologue=prologue,
                                                   stats_groups=groups, stats_eps=eps)
+    # the TMA variant of the same call (RESFLOW_CONV_TMA=1), where this GPU and shape allow it
+    with_tma = cuda and tma_eligible(x, packed, s.stride)
+    if with_tma:
+        variants["fused_tma"] = fused
     with torch.no_grad():
         ref, got = cudnn().float(), fused().float()
         err = (ref - got).abs().max().item()
         row["max_abs_err"] = err
         row["rel_err"] = err / max(ref.abs().max().item(), 1e-30)
         row["parity_ok"] = row["rel_err"] <= PARITY_REL_TOL
+        if with_tma:
+            with tma_switch(True):
+                got = fused().float()
+            row["tma_rel_err"] = (ref - got).abs().max().item() / max(ref.abs().max().item(), 1e-30)
+            row["parity_ok"] = row["parity_ok"] and row["tma_rel_err"] <= PARITY_REL_TOL
         del ref, got
         for name, fn in variants.items():
-            median, p90 = kernel_time_ms(fn, clock)
+            with tma_switch(name == "fused_tma"):
+                median, p90 = kernel_time_ms(fn, clock)
             row[f"{name}_ms"], row[f"{name}_p90_ms"] = median, p90
             row[f"{name}_tflops"] = s.flops / median / 1e9
     row["speedup"] = row["cudnn_ms"] / row["fused_ms"]
+    if with_tma:
+        row["speedup_tma"] = row["cudnn_ms"] / row["fused_tma_ms"]
     if "fused_stats_ms" in row:
         row["speedup_with_stats"] = row["cudnn_ms"] / row["fused_stats_ms"]
     if not row["parity_ok"]:
-        row["note"] = f"parity: relative error {row['rel_err']:.3g} > {PARITY_REL_TOL:g}"
+        worst = max(row["rel_err"], row.get("tma_rel_err", 0.0))
+        row["note"] = f"parity: relative error {worst:.3g} > {PARITY_REL_TOL:g}"
     return row
+
+
+@contextlib.contextmanager
+def tma_switch(on: bool):
+    """``$RESFLOW_CONV_TMA`` set to 1 (or removed) for the calls inside, restored afterwards."""
+    from resflow_fast.kernels.fused_conv3x3 import ENV_TMA
+
+    before = os.environ.get(ENV_TMA)
+    if on:
+        os.environ[ENV_TMA] = "1"
+    else:
+        os.environ.pop(ENV_TMA, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_TMA, None)
+        else:
+            os.environ[ENV_TMA] = before
 
 
 def time_layers(layers: list[ConvLayer], device: torch.device, clock: Clock, budget, groups: int,
@@ -286,10 +324,15 @@ def totals(section: dict) -> dict:
         out[f"{name}_ms"] = sum(r["count"] * r[f"{name}_ms"] for r in ok) if ok else None
     # a conv whose C_out has no whole groups (the output conv) feeds no norm: its plain fused time
     out["fused_stats_ms"] = sum(r["count"] * r.get("fused_stats_ms", r["fused_ms"]) for r in ok) if ok else None
+    # TMA where a row has it, the pointer variant elsewhere (stride 2, unaligned channel counts)
+    if any("fused_tma_ms" in r for r in ok):
+        out["fused_tma_ms"] = sum(r["count"] * r.get("fused_tma_ms", r["fused_ms"]) for r in ok)
     out["gflop"] = sum(r["count"] * r["gflop"] for r in ok)
     if out["cudnn_ms"]:
         out["speedup"] = out["cudnn_ms"] / out["fused_ms"]
         out["speedup_with_stats"] = out["cudnn_ms"] / out["fused_stats_ms"]
+        if "fused_tma_ms" in out:
+            out["speedup_tma"] = out["cudnn_ms"] / out["fused_tma_ms"]
     for r in ok:
         r["pct_of_cudnn_total"] = 100 * r["count"] * r["cudnn_ms"] / out["cudnn_ms"] if out["cudnn_ms"] else None
     return out
@@ -305,7 +348,8 @@ CONV_COLUMNS = [("layers", "layer"), ("count", "count"), ("input NxCxHxW", "shap
                 ("stride", "stride"), ("norm", "norm"), ("GFLOP", "gflop"), ("cuDNN + norm ms", "cudnn_ms"),
                 ("cuDNN TFLOP/s", "cudnn_tflops"), ("fused ms", "fused_ms"), ("fused TFLOP/s", "fused_tflops"),
                 ("fused speed-up", "speedup"), ("fused + stats ms", "fused_stats_ms"),
-                ("+ stats speed-up", "speedup_with_stats"), ("% of cuDNN total", "pct_of_cudnn_total"),
+                ("+ stats speed-up", "speedup_with_stats"), ("fused TMA ms", "fused_tma_ms"),
+                ("TMA speed-up", "speedup_tma"), ("% of cuDNN total", "pct_of_cudnn_total"),
                 ("max abs err", "max_abs_err"), ("rel err", "rel_err"), ("note", "note")]
 
 
@@ -328,7 +372,9 @@ def render_conv_section(section: dict) -> list[str]:
              f"{section['dtype']}, heaviest first. \"norm\": the fast U-Net runs group_norm_modulate_silu "
              f"({section['groups']} groups, SiLU) before this conv; \"cuDNN + norm\" times that norm then "
              "F.conv2d, \"fused\" reads it as fused_conv3x3's prologue (A, B from the previous conv's "
-             "statistics, not timed); \"+ stats\" also writes its output's GroupNorm statistics. "
+             "statistics, not timed); \"+ stats\" also writes its output's GroupNorm statistics; "
+             "\"fused TMA\" is the plain fused call through the TMA variant (RESFLOW_CONV_TMA=1; "
+             "stride 1, Hopper or newer). "
              + (f"torch.backends.cudnn.benchmark = {section.get('cudnn_benchmark')} (the fast U-Net does not "
                 "set it). Medians of triton do_bench (L2 flushed between calls)" if section.get("device") == "cuda"
                 else "Medians of 20 wall-clock calls")
@@ -345,6 +391,9 @@ def render_conv_section(section: dict) -> list[str]:
         if tot.get("speedup"):
             summary += (f" ({tot['speedup']:.2f}x), fused + stats {fmt(tot['fused_stats_ms'])} ms "
                         f"({tot['speedup_with_stats']:.2f}x; plain fused where C_out has no whole groups)")
+        if tot.get("speedup_tma"):
+            summary += (f", fused with TMA {fmt(tot['fused_tma_ms'])} ms ({tot['speedup_tma']:.2f}x; "
+                        "the pointer variant where TMA cannot run)")
         lines += [summary + ".", ""]
     if section.get("error"):
         lines += [f"error: {section['error']}", ""]

@@ -3,6 +3,7 @@ harness (``--conv-layers``, ``--only conv``): the shapes are exactly the convs o
 CPU smoke run writes every row and the rendered table, a spent budget skips the remaining shapes
 with a note, and nothing is timed under the interpreter. The CUDA rows themselves need a GPU."""
 import json
+import os
 
 import pytest
 import torch
@@ -232,3 +233,34 @@ def test_rendered_with_the_rest_of_a_gpu_report():
         rows = [line for line in block.splitlines() if line.startswith("|")]
         if rows:
             assert len({row.count("|") for row in rows}) == 1, block
+
+
+def test_tma_rows_total_with_the_pointer_variant_where_tma_cannot_run():
+    """A row with a TMA time counts it; a row without (stride 2, say) counts its pointer time."""
+    layers, params = conv_rows.conv_layers("paper", 1024, 1024)
+    section = conv_rows.new_section("paper", 1024, 1024, 1, layers, params, torch.device("cuda"), 32)
+    common = {"cudnn_tflops": 1.0, "fused_tflops": 1.0, "max_abs_err": 0.0, "rel_err": 0.0, "parity_ok": True}
+    with_tma = {**conv_rows.base_row(layers[0]), **common, "cudnn_ms": 2.0, "fused_ms": 1.6, "speedup": 1.25,
+                "fused_tma_ms": 1.0, "speedup_tma": 2.0}
+    without = {**conv_rows.base_row(layers[1]), **common, "cudnn_ms": 1.0, "fused_ms": 0.5, "speedup": 2.0}
+    conv_rows.add_row(section, with_tma)
+    conv_rows.add_row(section, without)
+    tot = section["totals"]
+    n0, n1 = layers[0].count, layers[1].count
+    assert tot["fused_tma_ms"] == pytest.approx(1.0 * n0 + 0.5 * n1)
+    assert tot["speedup_tma"] == pytest.approx((2.0 * n0 + 1.0 * n1) / (1.0 * n0 + 0.5 * n1))
+    md = "\n".join(conv_rows.render_conv_section(section))
+    assert f"fused with TMA {report.fmt(tot['fused_tma_ms'])} ms" in md and "| fused TMA ms |" in md
+
+
+def test_tma_switch_restores_the_environment(monkeypatch):
+    from resflow_fast.kernels.fused_conv3x3 import ENV_TMA, tma_requested
+
+    monkeypatch.setenv(ENV_TMA, "0")
+    with conv_rows.tma_switch(True):
+        assert tma_requested()
+    assert os.environ[ENV_TMA] == "0"
+    monkeypatch.delenv(ENV_TMA)
+    with conv_rows.tma_switch(False):
+        assert not tma_requested()
+    assert ENV_TMA not in os.environ
