@@ -145,7 +145,8 @@ def _fused_conv3x3_kernel(
     BLOCK_N: tl.constexpr,  # output channels per tile
     BLOCK_K: tl.constexpr,  # input channels per K step
     USE_TMA: tl.constexpr,  # stride 1: 2-D pixel tiles, input and weight tiles by TMA (tensor descriptors)
-    TILE_W: tl.constexpr,  # USE_TMA: a pixel tile is (BLOCK_M // TILE_W) rows x TILE_W columns
+    TILE_H: tl.constexpr,  # USE_TMA: a pixel tile is TILE_H rows x TILE_W columns, TILE_H * TILE_W = BLOCK_M
+    TILE_W: tl.constexpr,
 ):
     # 1-D grid (a 2048^2 image has more tiles than the 65535 allowed on grid axes 1 and 2); the
     # channel tiles of one pixel tile are neighbours, so they share its input rows in L2.
@@ -160,7 +161,6 @@ def _fused_conv3x3_kernel(
     if USE_TMA:
         # a (TILE_H, TILE_W) box of output pixels: for each tap, its input is the same box shifted
         # by (kh - 1, kw - 1), one TMA load (out-of-image rows and columns arrive as zeros)
-        TILE_H: tl.constexpr = BLOCK_M // TILE_W
         tile_row = m_tile // tiles_w
         oh_first = tile_row * TILE_H
         ow_first = (m_tile - tile_row * tiles_w) * TILE_W
@@ -491,7 +491,8 @@ def _launch(x, packed_weight, bias, stride, pro_a, pro_b, residual, skip_x, skip
         EXACT_Y=euler is not None and euler.y_scale is not None,
         WRITE_NEXT=euler is not None and euler.next_input is not None,
         IEEE_FP32=x.dtype == torch.float32, UPCAST_BF16=x.dtype == torch.bfloat16 and not x.is_cuda,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, USE_TMA=use_tma, TILE_W=cfg.tile_w,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, USE_TMA=use_tma,
+        TILE_H=cfg.block_m // cfg.tile_w, TILE_W=cfg.tile_w,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     record_launch("fused_conv3x3_euler" if euler else "fused_conv3x3")

@@ -376,8 +376,10 @@ def test_configs_are_valid_for_tl_dot_and_ignore_the_image_size():
             for c_in, c_out in ((1, 8), (3, 64), (6, 128), (128, 128), (256, 512), (512, 256)):
                 cfg = conv_module.pick_config(c_in, c_out, dtype, on_gpu)
                 assert min(cfg.block_m, cfg.block_n, cfg.block_k) >= 16
-                for block in (cfg.block_m, cfg.block_n, cfg.block_k):
+                for block in (cfg.block_m, cfg.block_n, cfg.block_k, cfg.tile_w):
                     assert block & (block - 1) == 0
+                # the TMA tile: whole rows of tile_w pixels, within TMA's 256-element box sides
+                assert cfg.block_m % cfg.tile_w == 0 and max(cfg.tile_w, cfg.block_m // cfg.tile_w) <= 256
                 if on_gpu:  # pipeline buffers within 48 KiB of shared memory
                     smem = (cfg.block_m + cfg.block_n) * cfg.block_k * dtype.itemsize * cfg.num_stages
                     assert smem <= 48 * 1024
