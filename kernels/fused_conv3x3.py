@@ -35,6 +35,15 @@ and its epilogue takes the sampler's Euler step (reference/sampler.py, ``z <- z 
 kernels/euler_step.py (2a)-(2c), including the exact-y option) on the fp32 state in place and
 writes the next network input, so neither v nor a separate Euler pass ever touches memory.
 
+The TMA variant (``USE_TMA``; ``RESFLOW_CONV_TMA=1``, stride 1, see :func:`tma_eligible`): a
+program owns a 2-D box of TILE_H x TILE_W output pixels instead of a run of BLOCK_M consecutive
+ones. For tap (kh, kw) its input is the same box shifted by (kh - 1, kw - 1), which one
+tensor-descriptor (TMA) load fetches from the NHWC input, the rows and columns outside the image
+(the padding) and the channels past C_in arriving as zeros; the weight tile is a second
+descriptor load over the weight viewed as (tap, C_in, C_out). The prologue and the epilogue are
+the pointer variant's, and the statistics combine takes either tile grid. Off by default: it has
+run under the interpreter only, not yet on a Hopper GPU.
+
 Layouts: activations are dense NHWC (``torch.channels_last``); anything else is copied to it by the
 launcher (one extra pass, so fast callers keep their activations channels-last). The output is
 always channels-last. Weights come in PyTorch layout (C_out, C_in, 3, 3) and are repacked to
@@ -52,9 +61,10 @@ specialisation, so a new image size never recompiles; block sizes depend on the 
 dtype only. Inference only: when autograd would record through any input, :func:`fused_conv3x3`
 returns the differentiable twin :func:`fused_conv3x3_reference`.
 
-Status: correct under the Triton interpreter (tests/kernels/test_fused_conv3x3.py). The fast U-Net
-calls it per conv where :mod:`resflow_fast.conv_dispatch` says so (default off: its speed against
-cuDNN has not been measured on a GPU yet; ``benchmarks/conv_rows.py`` is the per-layer table).
+Status: correct under the Triton interpreter (tests/kernels/test_fused_conv3x3.py), both variants
+and (4). The fast U-Net calls it per conv where :mod:`resflow_fast.conv_dispatch` says so (default
+off: its speed against cuDNN has not been measured on a GPU yet; ``benchmarks/conv_rows.py`` is the
+per-layer table, with a column for the TMA variant).
 """
 import math
 import os
