@@ -161,7 +161,7 @@ def cuda_time_ms(fn: Callable[[], object], warmup: int = WARMUP_CALLS, reps: int
     return statistics.median(times)
 
 
-def _capturing() -> bool:
+def is_capturing() -> bool:
     """True inside a CUDA graph capture, where nothing may be timed or synchronised."""
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
@@ -231,7 +231,7 @@ class ConvDispatch:
         decision = self.lookup(key)
         if decision is not None:
             return decision
-        if fused is None or baseline is None or _capturing():
+        if fused is None or baseline is None or is_capturing():
             return False
         return self._measure(key, fused, baseline)
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .conv_dispatch import ConvDispatch, ConvKey
+from .conv_dispatch import ConvDispatch, ConvKey, is_capturing
 from .kernels import euler_step, fused_conv3x3, fused_conv3x3_euler, group_norm_modulate_silu, pack_conv3x3_weight
 from .reference.unet import AttentionBlock, Downsample, GroupNorm32, ResBlock, Stage, UNet, Upsample
 
@@ -385,11 +385,13 @@ class FastUNet:
             v = self._conv(u.out_conv, self._norm(u.out_norm, h))
             euler_step(x, y, v, dt, inplace=True, next_input=z, y_scale=y_scale)
 
-        if decision is None:  # "auto" times both on scratch copies: the real state moves once
+        # "auto", undecided: time both on scratch copies (the real state moves once), never
+        # inside a CUDA graph capture, where the copies would join the graph
+        if decision is None and not is_capturing():
             scratch = dict(x=x.clone(), y=None if y is None else y.clone(), z=z.clone())
             decision = self.dispatch.use_fused(key, fused=lambda: fused(**scratch),
                                                baseline=lambda: unfused(**scratch))
-        if decision:
+        if decision:  # None (undecided inside a CUDA graph capture): unfused, like use_fused()
             fused()
         else:
             unfused()

@@ -487,14 +487,20 @@ def test_cuda_deterministic_over_repeated_runs(stride):
 
 
 @cuda_only
-def test_cuda_new_image_size_never_recompiles():
+@pytest.mark.parametrize("tma", [False, True], ids=["pointer", "tma"])
+def test_cuda_new_image_size_never_recompiles(tma, monkeypatch):
+    if tma:
+        monkeypatch.setenv(conv_module.ENV_TMA, "1")
     kernels = (conv_module._fused_conv3x3_kernel, conv_module._group_stats_combine_kernel)
     weight, bias = conv_params(64, 64, torch.bfloat16, "cuda")
     packed = pack_conv3x3_weight(weight, torch.bfloat16)
+    out_weight, out_bias = conv_params(64, 6, torch.bfloat16, "cuda")
 
     def run(h, w):
         x = activation((1, 64, h, w), torch.bfloat16, "cuda")
         fused_conv3x3(x, packed, bias, residual=activation((1, 64, h, w), torch.bfloat16, "cuda"), stats_groups=32)
+        state_x, state_y, next_input = euler_state(1, 3, h, w, device="cuda", next_dtype=torch.bfloat16)
+        fused_conv3x3_euler(x, out_weight, out_bias, x=state_x, y=state_y, dt=0.25, next_input=next_input)
 
     run(64, 64)
     variants = [_runtime.compiled_variants(k) for k in kernels]
@@ -527,6 +533,8 @@ def euler_oracle(hidden, weight, bias, prologue, x, y, dt, y_scale):
 
 EULER_CASES = [  # (N, C_in, C, H, W, with y, exact y, with prologue)
     pytest.param((1, 8, 3, 5, 7, True, False, True), id="rgb-joint-y-odd"),
+    pytest.param((1, 16, 12, 5, 7, True, False, True), id="x-y-split-across-channel-tiles"),  # C_out 24 > 16
+    pytest.param((1, 16, 12, 4, 6, True, True, False), id="exact-y-across-channel-tiles"),
     pytest.param((2, 3, 3, 6, 6, True, True, False), id="exact-y-batch2"),
     pytest.param((1, 16, 3, 7, 9, False, False, True), id="x-only-two-tiles"),
     pytest.param((1, 4, 1, 1, 1, True, False, True), id="1x1-gray"),
@@ -534,9 +542,12 @@ EULER_CASES = [  # (N, C_in, C, H, W, with y, exact y, with prologue)
 
 
 @interpreter_only
+@pytest.mark.parametrize("tma", [False, True], ids=["pointer", "tma"])
 @pytest.mark.parametrize("case", EULER_CASES)
-def test_euler_epilogue_matches_conv_then_euler_step(case, op_tol):
+def test_euler_epilogue_matches_conv_then_euler_step(case, tma, op_tol, monkeypatch):
     n, c_in, c, h, w, with_y, exact, with_prologue = case
+    if tma:
+        monkeypatch.setenv(conv_module.ENV_TMA, "1")
     torch.manual_seed(20)
     hidden = activation((n, c_in, h, w))
     c_out = 2 * c if with_y else c
@@ -546,10 +557,15 @@ def test_euler_epilogue_matches_conv_then_euler_step(case, op_tol):
     y_scale = 0.8125 if exact else None
     want_x, want_y = euler_oracle(hidden, weight, bias, prologue, x, y, 0.25, y_scale)
     x_ptr = x.data_ptr()
-    before = _runtime.launch_counts["fused_conv3x3_euler"]
-    got_x, got_y = fused_conv3x3_euler(hidden, pack_conv3x3_weight(weight), bias, prologue=prologue, x=x, y=y,
+    packed = pack_conv3x3_weight(weight)
+    uses_tma = tma and conv_module.tma_eligible(hidden, packed, 1)
+    if tma and c_out * 4 % 16 == 0 and c_in * 4 % 16 == 0:
+        assert uses_tma  # the cases with 16-byte rows do run the TMA variant
+    before = dict(_runtime.launch_counts)
+    got_x, got_y = fused_conv3x3_euler(hidden, packed, bias, prologue=prologue, x=x, y=y,
                                        dt=0.25, y_scale=y_scale, next_input=next_input)
-    assert _runtime.launch_counts["fused_conv3x3_euler"] == before + 1
+    assert _runtime.launch_counts["fused_conv3x3_euler"] == before.get("fused_conv3x3_euler", 0) + 1
+    assert _runtime.launch_counts["fused_conv3x3_tma"] == before.get("fused_conv3x3_tma", 0) + int(uses_tma)
     assert got_x is x and x.data_ptr() == x_ptr and got_y is y  # in place
     close = op_tol(OP, torch.float32)
     torch.testing.assert_close(x, want_x, **close)
@@ -665,7 +681,7 @@ def test_cuda_euler_against_fp32_twin_and_deterministic(dtype, exact, op_tol):
     close = {k: v * 0.25 for k, v in op_tol(OP, dtype).items()}
     torch.testing.assert_close(results[0][0], want_x, **close)
     torch.testing.assert_close(results[0][1], want_y, **close)
-    assert torch.isfinite(results[0][2]).all()
+    torch.testing.assert_close(results[0][2], torch.cat(results[0][:2], dim=1).to(dtype), atol=0, rtol=0)
     for x, y, nxt in results[1:]:
         assert torch.equal(x, results[0][0]) and torch.equal(y, results[0][1]) and torch.equal(nxt, results[0][2])
 
@@ -709,9 +725,12 @@ def test_tma_variant_equals_the_pointer_variant(monkeypatch, op_tol):
     x = activation((2, 16, 9, 10))
     weight, bias = conv_params(16, 16)
     kwargs = dict(option_kwargs("prologue", x, 16, 1), stats_groups=4)
+    before = _runtime.launch_counts["fused_conv3x3_tma"]
     pointer = fused_conv3x3(x, weight, bias, **kwargs)
+    assert _runtime.launch_counts["fused_conv3x3_tma"] == before
     monkeypatch.setenv(conv_module.ENV_TMA, "1")
     tma = fused_conv3x3(x, weight, bias, **kwargs)
+    assert _runtime.launch_counts["fused_conv3x3_tma"] == before + 1
     torch.testing.assert_close(tma[0], pointer[0], **op_tol(OP, torch.float32))
     torch.testing.assert_close(tma[1], pointer[1], **op_tol(OP, torch.float32))
 
@@ -740,9 +759,14 @@ def test_tma_is_off_by_default_and_skips_ineligible_convs(monkeypatch):
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", [(2, 64, 64, 37, 53), (1, 128, 128, 64, 64), (1, 256, 256, 16, 16),
-                                   (1, 192, 64, 33, 31)])
-def test_cuda_tma_variant_against_fp32_twin_and_pointer_variant(shape, dtype, monkeypatch, op_tol):
+@pytest.mark.parametrize("shape, prologue", [
+    ((2, 64, 64, 37, 53), True), ((1, 128, 128, 64, 64), True), ((1, 256, 256, 16, 16), True),
+    ((1, 192, 64, 33, 31), True),
+    # no prologue: the hardware's zero fill alone must give the padding; C_in 40 and C_out 96 leave
+    # tails in the K steps (32) and the channel tiles (128)
+    ((1, 40, 96, 37, 53), False), ((2, 64, 32, 7, 5), False),
+], ids=str)
+def test_cuda_tma_variant_against_fp32_twin_and_pointer_variant(shape, prologue, dtype, monkeypatch, op_tol):
     """Where the GPU has TMA (Hopper+): parity with the fp32 twin, equality with the pointer
     variant within the dtype's tolerance, and bitwise repeatability."""
     torch.manual_seed(32)
@@ -750,10 +774,13 @@ def test_cuda_tma_variant_against_fp32_twin_and_pointer_variant(shape, dtype, mo
     x = activation((n, c_in, h, w), dtype, "cuda")
     weight, bias = conv_params(c_in, c_out, dtype, "cuda")
     packed = pack_conv3x3_weight(weight, dtype)
-    if not conv_module.tma_eligible(x, packed, 1):
-        pytest.skip("this GPU or Triton has no TMA tensor descriptors")
-    kwargs = dict(option_kwargs("prologue", x, c_out, 1), **option_kwargs("residual", x, c_out, 1, dtype),
-                  stats_groups=32)
+    if torch.cuda.get_device_capability()[0] < 9:
+        assert not conv_module.tma_eligible(x, packed, 1)
+        pytest.skip("TMA needs a Hopper or newer GPU")
+    assert conv_module.tma_eligible(x, packed, 1)
+    kwargs = dict(option_kwargs("residual", x, c_out, 1, dtype), stats_groups=32 if c_out % 32 == 0 else 8)
+    if prologue:
+        kwargs.update(option_kwargs("prologue", x, c_out, 1))
     pointer, (pointer_mean, _) = fused_conv3x3(x, packed, bias, **kwargs)
     monkeypatch.setenv(conv_module.ENV_TMA, "1")
     before = _runtime.launch_counts["fused_conv3x3_tma"]

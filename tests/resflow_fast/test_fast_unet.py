@@ -251,6 +251,21 @@ def test_chained_statistics_replace_group_stats(monkeypatch, no_policy_env):
     assert len(calls) == n_res_blocks(model) - n_chained(model)
 
 
+def test_chained_statistics_use_the_next_norms_groups_and_eps(monkeypatch, no_policy_env):
+    """Norms with their own group count and eps where statistics chain into them (the middle's
+    second ResBlock, the output norm): the fused network still equals the reference, so each
+    epilogue computed its statistics for the norm that reads them."""
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    model = scaled_unet(9)
+    chained_into = model.middle[1].res.norm1
+    assert ends_with_res_block(model.middle[0]) and ends_with_res_block(model.up[-1])
+    chained_into.eps, chained_into.num_groups = 0.5, 4
+    model.out_norm.eps, model.out_norm.num_groups = 0.25, 2
+    lq = torch.rand(1, 3, 8, 8) * 2 - 1
+    got = ResFlowSampler(model, steps=2, fast=True, dtype=torch.float32, fused_conv="on")(lq, seed=3)
+    torch.testing.assert_close(got, euler_sample(model, lq, steps=2, seed=3), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("policy", [None, "off", "auto"])
 def test_off_and_cpu_auto_never_fuse_and_are_bit_identical(monkeypatch, no_policy_env, fused_calls, policy):
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
@@ -335,14 +350,16 @@ def test_step_fused_output_conv_matches_forward_then_euler_step(monkeypatch, no_
     torch.testing.assert_close(got, off, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("fused_wins", [True, False], ids=["fused-wins", "baseline-wins"])
 def test_step_under_auto_times_scratch_copies_and_moves_the_state_once(monkeypatch, no_policy_env, tmp_path,
-                                                                       euler_calls):
+                                                                       euler_calls, fused_wins):
     """ "auto" measures the output conv on copies: whatever it decides, the real state takes
     exactly one Euler step. (The timer is injected, so this runs on the CPU; the ConvKey is
     made to look like a CUDA one so "auto" measures.)"""
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
     model = scaled_unet(7)
-    timings = iter([2.0, 1.0] * 64)  # baseline 2 ms, fused 1 ms: every measured conv fuses
+    # (baseline, fused) ms for every measured conv: all fuse, or none does
+    timings = iter(([2.0, 1.0] if fused_wins else [1.0, 2.0]) * 64)
     dispatch = ConvDispatch("auto", cache_path=tmp_path / "cache.json", timer=lambda fn: (fn(), next(timings))[1])
     real_lookup = ConvDispatch.lookup
     monkeypatch.setattr(ConvDispatch, "lookup", lambda self, key: real_lookup(
@@ -357,8 +374,11 @@ def test_step_under_auto_times_scratch_copies_and_moves_the_state_once(monkeypat
     ref_net.step(expected_z, ref_net.prepare(times, 1)[0], expected_x, expected_y, 0.25)
     net.step(z, net.prepare(times, 1)[0], x, y, 0.25)
     assert dispatch.measurements > 0
-    assert len(euler_calls) == 2  # once timed (on the copies), once for real
-    assert euler_calls[0]["x"] is not x and euler_calls[1]["x"] is x
+    if fused_wins:
+        assert len(euler_calls) == 2  # once timed (on the copies), once for real
+        assert euler_calls[0]["x"] is not x and euler_calls[1]["x"] is x
+    else:
+        assert len(euler_calls) == 1 and euler_calls[0]["x"] is not x  # timed only
     torch.testing.assert_close(x, expected_x, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(y, expected_y, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(z, expected_z, atol=1e-4, rtol=1e-4)
