@@ -118,18 +118,23 @@ def padded_forward(model, z, t, fused_conv, dtype=torch.float32):
     return crop_to(net(zp, cond[0]), size)
 
 
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """Counts the fast U-Net's calls of fused_conv3x3 (whatever runs inside: kernel or twin)."""
+def spy_on(monkeypatch, name):
+    """Records the keyword arguments of every call the fast U-Net makes to ``name`` (whatever runs
+    inside: kernel or twin), and passes the call through."""
     calls = []
-    real = fast_unet_module.fused_conv3x3
+    real = getattr(fast_unet_module, name)
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fast_unet_module, "fused_conv3x3", spy)
+    monkeypatch.setattr(fast_unet_module, name, spy)
     return calls
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    return spy_on(monkeypatch, "fused_conv3x3")
 
 
 def n_res_blocks(model):
@@ -314,16 +319,7 @@ def test_sampler_passes_the_policy_through(monkeypatch, no_policy_env, fused_cal
 
 @pytest.fixture
 def euler_calls(monkeypatch):
-    """Counts the fast U-Net's calls of fused_conv3x3_euler."""
-    calls = []
-    real = fast_unet_module.fused_conv3x3_euler
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fast_unet_module, "fused_conv3x3_euler", spy)
-    return calls
+    return spy_on(monkeypatch, "fused_conv3x3_euler")
 
 
 @pytest.mark.parametrize("y_mode", ["joint", "exact"])
