@@ -60,11 +60,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename.
-
-    The file gets the permissions a plain ``open(path, "wb")`` would give (mkstemp's are 0600)."""
-    path = Path(path)
+def _stage(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a synced temp file beside ``path``, with the permissions a plain
+    ``open(path, "wb")`` would give (mkstemp's are 0600); the caller renames or removes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -73,11 +71,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename."""
+    atomic_write_files({path: data})
+
+
+def atomic_write_files(files: dict[str | os.PathLike, bytes]) -> None:
+    """Write several files as a set: every one is staged (written and synced to a temp file beside
+    it) before any is renamed into place, so a failure while writing (a full disk, a missing
+    permission) leaves all the old files as they were and no temp file behind. Only the renames,
+    which do not fail for space, remain between the first file and the last."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            staged.append((_stage(path, data), path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for parent in {path.parent for _, path in staged}:
+        _fsync_dir(parent)
 
 
 def atomic_write_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:

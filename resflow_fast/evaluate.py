@@ -18,7 +18,8 @@ per-image values in docs/eval.json and a side-by-side figure in docs/eval-figure
 * metrics: PSNR and SSIM of the 8-bit output against the clean crop (reference/metrics.py, checked
   against scikit-image), and wall seconds per image with the device that ran it.
 
-Nothing is written until everything has been computed, and then every file atomically.
+Nothing is written until everything has been computed, and then the files as one set: each is
+staged beside its old version before any old version is replaced.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ import torch
 
 from .baselines import BASELINES, run_baseline
 from .models import EMBEDDED_MODELS, embedded_model_path
-from .reference.checkpoint import atomic_write_bytes, resolve_weights_path
+from .reference.checkpoint import atomic_write_bytes, atomic_write_files, resolve_weights_path
 from .reference.degradations import gaussian_noise, haze, jpeg, rain
 from .reference.metrics import psnr, ssim
 
@@ -611,13 +612,12 @@ def main(argv: list[str] | None = None, prog: str = "resflow eval") -> int:
 
     result = evaluate(images, degradations, task_models, steps=steps, baselines=baselines, ablations=ablations,
                       device=args.device, dtype=args.dtype, progress=not args.quiet)
-    # everything is computed; now write, each file atomically
+    # everything is computed; now write the files as one set: all staged before any is replaced
     files = {out / "EVAL.md": render_markdown(result, command).encode(),
              out / "eval.json": render_json(result, command).encode()}
     if _figure_rows(result):
         files[out / "eval-figure.png"] = render_figure(result)
-    for path, data in files.items():
-        atomic_write_bytes(path, data)
+    atomic_write_files(files)
     for goal, measured, met in goals(summarise(result)):
         print(f"{goal}: {measured} ({'met' if met else 'not run' if met is None else 'NOT met'})")
     print("wrote " + ", ".join(str(p) for p in files))
