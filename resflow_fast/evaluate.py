@@ -259,7 +259,8 @@ def _cpu_name() -> str:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU, {torch.get_num_threads()} threads ({_cpu_name()})"
+    n = torch.get_num_threads()
+    return f"CPU, {n} thread{'s' if n > 1 else ''} ({_cpu_name()})"
 
 
 def _resflow_row(name: str, group: str, model: str, steps: int, device: str, dtype: str) -> Row:
@@ -619,6 +620,6 @@ def main(argv: list[str] | None = None, prog: str = "resflow eval") -> int:
         files[out / "eval-figure.png"] = render_figure(result)
     atomic_write_files(files)
     for goal, measured, met in goals(summarise(result)):
-        print(f"{goal}: {measured} ({'met' if met else 'not run' if met is None else 'NOT met'})")
+        print(f"{goal}: " + ("not run" if met is None else f"{measured} ({'met' if met else 'NOT met'})"))
     print("wrote " + ", ".join(str(p) for p in files))
     return 0
