@@ -33,6 +33,8 @@ MODELS_DIR = Path(__file__).parent / "models"
 EMBEDDED_MODELS: dict[str, str] = {
     "default": "the compact blind model the package ships, trained on Gaussian noise and JPEG (it denoises; "
                "it does not yet deblock JPEG: docs/MODEL_CARD.md)",
+    "denoise": "the default model fine-tuned on Gaussian noise alone (blind, sigma 0-50): about as good as "
+               "`default` at sigma 15-50, far better on nearly clean images; not for JPEG (docs/MODEL_CARD.md)",
 }
 
 #: Models restore RGB images; grey is fed as three equal channels (imageio.py).

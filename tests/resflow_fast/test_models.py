@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from resflow_fast import models
-from resflow_fast.models import ModelNotInstalledError, resolve_model
+from resflow_fast.models import EMBEDDED_MODELS, ModelNotInstalledError, embedded_model_path, resolve_model
 from resflow_fast.reference.checkpoint import CheckpointError, save_weights
 from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import build_unet
@@ -101,9 +101,17 @@ def test_wrong_kinds_of_model_argument(tmp_path, unet):
         resolve_model(save_model(tmp_path / "m.safetensors", unet), CPU, Schedule())
 
 
-def test_the_shipped_default_model_denoises_the_example():
-    """The embedded weights load, and restore the README's example: 20.7 dB noisy -> 28.8 dB
-    measured (docs/MODEL_CARD.md); a corrupt or untrained file would fail this."""
+@pytest.mark.parametrize("name", list(EMBEDDED_MODELS))
+def test_every_embedded_model_ships_within_the_size_limit(name):
+    path = embedded_model_path(name)
+    assert path.is_file(), f"{name}: {path} is not in the package"
+    assert path.stat().st_size <= 25 * 1024 * 1024, "issue 6: at most 25 MB per checkpoint"
+
+
+@pytest.mark.parametrize("name", ["default", "denoise"])
+def test_the_shipped_models_denoise_the_example(name):
+    """The embedded weights load, and restore the README's example: 20.7 dB noisy -> 29.7 dB
+    (default) measured (docs/MODEL_CARD.md); a corrupt or untrained file would fail this."""
     from pathlib import Path
 
     import numpy as np
@@ -114,7 +122,7 @@ def test_the_shipped_default_model_denoises_the_example():
     examples = Path(__file__).resolve().parents[2] / "examples"
     clean = np.asarray(Image.open(examples / "astronaut-clean.png"), dtype=np.float64) / 255
     noisy = Image.open(examples / "astronaut-noisy-sigma25.png")
-    restored = np.asarray(restore(noisy), dtype=np.float64) / 255
+    restored = np.asarray(restore(noisy, model=name), dtype=np.float64) / 255
 
     def psnr(a):
         return 10 * np.log10(1 / np.mean((a - clean) ** 2))
