@@ -11,7 +11,8 @@ outputs are 8-bit RGB arrays (H, W, 3), as an image file would hold them.
 Parameters. BM3D and the wavelet denoiser take sigma directly. The three with a strength knob
 (OpenCV's and scikit-image's NL-means, TV) were tuned once on a grid of multiples of sigma, by PSNR
 on two 256x256 crops of *training* photographs (scikit-image's motorcycle_left and rocket, at
-sigma 15, 25 and 50), never on the evaluation images:
+sigma 15, 25 and 50), never on the evaluation images; at sigma 5 (added later) the same multiples
+are used, untuned there:
 
 * OpenCV ``fastNlMeansDenoisingColored`` (given BGR, its channel order): ``h = hColor = 0.6 sigma``
   (grid 0.4-1.0; 0.6 best at all three sigmas), 7x7 template, 21x21 search window (OpenCV's

@@ -90,6 +90,22 @@ def test_evaluate_rows_metrics_and_report(tiny_model):
     assert len(data["records"]) == len(result.records) and data["summary"] == json.loads(json.dumps(summary))
 
 
+def test_a_task_with_its_own_embedded_model_shows_the_default_beside_it():
+    """Noise goes to the embedded `denoise` model; the blind `default` gets a 4-step row of its own
+    so the report shows which measures better. A path (or `default` itself) adds no such row."""
+    assert ev.default_task_models()["noise"] == "denoise"
+    images = _images()[:1]
+    result = ev.evaluate(images, [ev.DEGRADATIONS["noise-25"], ev.DEGRADATIONS["jpeg-10"]],
+                         ev.default_task_models(), steps=(1,), baselines=(), device="cpu", progress=False)
+    noise, jpeg = ([r["name"] for r in result.rows[k]] for k in ("noise-25", "jpeg-10"))
+    assert noise == ["degraded input", "ResFlow, 1 step", ev.DEFAULT_MODEL_ROW]
+    assert jpeg == ["degraded input", "ResFlow, 1 step"]
+    assert {r["name"]: r["model"] for r in result.rows["noise-25"]}[ev.DEFAULT_MODEL_ROW] == "default"
+    by_row = {r["row"]: r["psnr"] for r in result.records if r["degradation"] == "noise-25"}
+    assert by_row["ResFlow, 1 step"] != by_row[ev.DEFAULT_MODEL_ROW]  # two models, two results
+    assert "ResFlow model: `denoise`" in ev.render_markdown(result, "cmd")
+
+
 def test_figure_shows_input_output_and_clean(tiny_model):
     images = _images()
     result = ev.evaluate(images, [ev.DEGRADATIONS["noise-15"], ev.DEGRADATIONS["haze"]], {
