@@ -7,8 +7,8 @@ import torch
 
 from resflow_fast.reference import checkpoint as ckpt
 from resflow_fast.reference.checkpoint import (CheckpointError, atomic_write_bytes, atomic_write_files, export_weights,
-                                               latest_checkpoint, list_checkpoints, load_model, load_training_checkpoint, load_weights,
-                                               save_training_checkpoint, save_weights)
+                                               latest_checkpoint, list_checkpoints, load_model, load_training_checkpoint,
+                                               load_weights, save_training_checkpoint, save_weights)
 from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import build_unet, preset_config
 
