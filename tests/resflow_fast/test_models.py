@@ -1,8 +1,11 @@
 """Tests of resflow_fast/models.py: names, checkpoint paths and modules, clear errors, the cache."""
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from resflow_fast import models
 from resflow_fast.models import EMBEDDED_MODELS, ModelNotInstalledError, embedded_model_path, resolve_model
@@ -108,39 +111,35 @@ def test_every_embedded_model_ships_within_the_size_limit(name):
     assert path.stat().st_size <= 25 * 1024 * 1024, "issue 6: at most 25 MB per checkpoint"
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _example(name):
+    """An image of examples/ as float64 in [0, 1]."""
+    return np.asarray(Image.open(EXAMPLES / name), dtype=np.float64) / 255
+
+
+def _psnr(a, clean):
+    return 10 * np.log10(1 / np.mean((a - clean) ** 2))
+
+
 @pytest.mark.parametrize("name", ["default", "denoise"])
 def test_the_shipped_models_denoise_the_example(name):
     """The embedded weights load, and restore the README's example: 20.7 dB noisy -> 29.7 dB
     (default) measured (docs/MODEL_CARD.md); a corrupt or untrained file would fail this."""
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
     from resflow_fast import restore
 
-    examples = Path(__file__).resolve().parents[2] / "examples"
-    clean = np.asarray(Image.open(examples / "astronaut-clean.png"), dtype=np.float64) / 255
-    noisy = Image.open(examples / "astronaut-noisy-sigma25.png")
+    clean, noisy = _example("astronaut-clean.png"), Image.open(EXAMPLES / "astronaut-noisy-sigma25.png")
     restored = np.asarray(restore(noisy, model=name), dtype=np.float64) / 255
-
-    def psnr(a):
-        return 10 * np.log10(1 / np.mean((a - clean) ** 2))
-
-    assert psnr(restored) - psnr(np.asarray(noisy, dtype=np.float64) / 255) > 6.0
+    assert _psnr(restored, clean) - _psnr(np.asarray(noisy, dtype=np.float64) / 255, clean) > 6.0
 
 
 def test_the_shipped_denoiser_leaves_a_clean_photograph_nearly_alone():
     """A blind denoiser meets images whose noise nobody measured. The clean example comes back at
     41.5 dB from `denoise` and 35.3 dB from `default` (measured 2026-11-26, docs/MODEL_CARD.md), so
     this bound tells the two apart."""
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
     from resflow_fast import restore
 
-    clean = np.asarray(Image.open(Path(__file__).resolve().parents[2] / "examples" / "astronaut-clean.png"))
-    restored = np.asarray(restore(clean, model="denoise"), dtype=np.float64)
-    assert 10 * np.log10(255 ** 2 / np.mean((restored - clean) ** 2)) > 39.0
+    clean = _example("astronaut-clean.png")
+    restored = np.asarray(restore((clean * 255).round().astype(np.uint8), model="denoise"), dtype=np.float64) / 255
+    assert _psnr(restored, clean) > 39.0
