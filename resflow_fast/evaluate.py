@@ -10,8 +10,9 @@ per-image values in docs/eval.json and a side-by-side figure in docs/eval-figure
 * degradations, seeded per (image, degradation): Gaussian noise at sigma 5, 15, 25, 50; JPEG at
   quality 10, 20, 30; the package's synthetic rain and haze. Every degraded input is rounded to
   8 bits, as an image file would hold it;
-* rows: the degraded input; the classical denoisers of :mod:`resflow_fast.baselines` (noise only:
-  they are Gaussian denoisers, given the true sigma); ResFlow at 1, 2, 4 and 8 Euler steps with the
+* rows: the degraded input; the classical restorers of :mod:`resflow_fast.baselines`, each on
+  its own kind of rows (the Gaussian denoisers on noise, given the true sigma; the dark-channel
+  dehazer on haze, blind); ResFlow at 1, 2, 4 and 8 Euler steps with the
   task's embedded model, and the blind ``default`` model at 4 steps beside a task's own; on the
   noise rows, the schedule ablations (entropy-preserving against the straight-line and constant
   auxiliaries, and the x-only control), four small models trained with one recipe
@@ -282,10 +283,11 @@ def _resflow_row(name: str, group: str, model: str, steps: int, device: str, dty
 def build_rows(degradation: EvalDegradation, task_models: dict[str, str], steps: tuple[int, ...],
                baselines: tuple[str, ...], ablations: dict[str, Path], device: str, dtype: str) -> list[Row]:
     rows = [Row("degraded input", "input", lambda lq, deg: lq, "-")]
-    if degradation.task == "noise":
-        cpu = f"CPU ({_cpu_name()})"
-        rows += [Row(b, "classical", (lambda name: lambda lq, deg: run_baseline(name, lq, deg.level))(b), cpu)
-                 for b in baselines]
+    cpu = f"CPU ({_cpu_name()})"
+    # each classical restorer on the rows of its own kind: the denoisers given the true sigma, the
+    # dehazer blind
+    rows += [Row(b, "classical", (lambda name: lambda lq, deg: run_baseline(name, lq, deg.level))(b), cpu)
+             for b in baselines if BASELINES[b].task == degradation.task]
     model = task_models[degradation.task]
     rows += [_resflow_row(f"ResFlow, {n} step{'s' if n > 1 else ''}", "resflow", model, n, device, dtype) for n in steps]
     if model in EMBEDDED_MODELS and model != "default":
@@ -460,7 +462,8 @@ def render_markdown(result: EvalResult, command: str) -> str:
         + "; ".join(f"{i.name} ({i.source})" for i in result.images),
         "- PSNR and SSIM (Gaussian window, as scikit-image) of the 8-bit output on [0, 1]; means over the images; "
         "seconds are wall time per image on the device named, model already loaded. ResFlow uses seed 0.",
-        "- The classical denoisers are given the true sigma; ResFlow is blind. They run on noise only.",
+        "- The classical denoisers run on noise and are given the true sigma; the dark-channel dehazer runs on haze. "
+        "ResFlow and the dehazer are blind.",
         "",
         "## Goals (issue 6)",
         "",

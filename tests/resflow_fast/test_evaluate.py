@@ -59,15 +59,17 @@ def test_noise_has_the_named_sigma_and_jpeg_quality_orders():
 # -- the run and the report ------------------------------------------------------------------------
 def test_evaluate_rows_metrics_and_report(tiny_model):
     images = _images()
-    degs = [ev.DEGRADATIONS["noise-25"], ev.DEGRADATIONS["jpeg-10"]]
+    degs = [ev.DEGRADATIONS["noise-25"], ev.DEGRADATIONS["jpeg-10"], ev.DEGRADATIONS["haze"]]
     models = {"noise": tiny_model, "jpeg": tiny_model, "rain": tiny_model, "haze": tiny_model}
-    result = ev.evaluate(images, degs, models, steps=(1, 2), baselines=("scikit-image TV",),
+    result = ev.evaluate(images, degs, models, steps=(1, 2), baselines=("scikit-image TV", "dark channel prior"),
                          ablations={"control": tiny_model}, device="cpu", progress=False)
     rows = {d: [r["name"] for r in result.rows[d]] for d in result.rows}
     assert rows["noise-25"] == ["degraded input", "scikit-image TV", "ResFlow, 1 step", "ResFlow, 2 steps",
                                 "ablation: control, 4 steps"]
-    assert rows["jpeg-10"] == ["degraded input", "ResFlow, 1 step", "ResFlow, 2 steps"]  # denoisers: noise only
-    assert len(result.records) == (5 + 3) * len(images)
+    # each classical restorer on its own kind of rows only
+    assert rows["jpeg-10"] == ["degraded input", "ResFlow, 1 step", "ResFlow, 2 steps"]
+    assert rows["haze"] == ["degraded input", "dark channel prior", "ResFlow, 1 step", "ResFlow, 2 steps"]
+    assert len(result.records) == (5 + 3 + 4) * len(images)
     for rec in result.records:
         assert np.isfinite(rec["psnr"]) and 0 < rec["ssim"] <= 1 and rec["seconds"] >= 0
     # the input row's metrics are the degraded image's, as scikit-image computes them
