@@ -244,9 +244,10 @@ DEFAULT_MODEL_ROW = "ResFlow `default` (the blind noise and JPEG model), 4 steps
 
 def default_task_models() -> dict[str, str]:
     """Which embedded model restores each task: the noise-only ``denoise`` model for noise (the
-    blind denoiser; docs/MODEL_CARD.md says how it measures against ``default``), ``default`` for
-    the rest, which have no model of their own yet (``--model TASK=...`` evaluates another)."""
-    return {"noise": "denoise", "jpeg": "default", "rain": "default", "haze": "default", "snow": "default"}
+    blind denoiser), ``default`` for JPEG, and ``mix`` (trained on all five degradations) for rain,
+    haze and snow; docs/MODEL_CARD.md says how each measures against ``default``, which sits beside
+    it. ``--model TASK=...`` evaluates another."""
+    return {"noise": "denoise", "jpeg": "default", "rain": "mix", "haze": "mix", "snow": "mix"}
 
 
 @dataclass

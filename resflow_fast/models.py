@@ -35,6 +35,8 @@ EMBEDDED_MODELS: dict[str, str] = {
                "it does not yet deblock JPEG: docs/MODEL_CARD.md)",
     "denoise": "the default model fine-tuned on Gaussian noise alone (blind, sigma 0-50): about as good as "
                "`default` at sigma 15-50, far better on nearly clean images; not for JPEG (docs/MODEL_CARD.md)",
+    "mix": "the default model fine-tuned on the package's synthetic mix (noise, JPEG, rain, haze, snow): the model "
+           "for rain, haze and snow; worse than `default` and `denoise` on noise and JPEG (docs/MODEL_CARD.md)",
 }
 
 #: Models restore RGB images; grey is fed as three equal channels (imageio.py).

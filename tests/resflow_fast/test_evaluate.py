@@ -96,6 +96,7 @@ def test_a_task_with_its_own_embedded_model_shows_the_default_beside_it():
     """Noise goes to the embedded `denoise` model; the blind `default` gets a 4-step row of its own
     so the report shows which measures better. A path (or `default` itself) adds no such row."""
     assert ev.default_task_models()["noise"] == "denoise"
+    assert all(ev.default_task_models()[task] == "mix" for task in ("rain", "haze", "snow"))
     images = _images()[:1]
     result = ev.evaluate(images, [ev.DEGRADATIONS["noise-25"], ev.DEGRADATIONS["jpeg-10"]],
                          ev.default_task_models(), steps=(1,), baselines=(), device="cpu", progress=False)
