@@ -261,8 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or (quoted) glob patterns")
     r.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (created if needed), or a file name for a single input file")
+    from .models import EMBEDDED_MODELS
+
     r.add_argument("--model", default="default",
-                   help="embedded model name, weights file, checkpoint folder or run folder (default: %(default)s)")
+                   help=f"embedded model ({', '.join(EMBEDDED_MODELS)}: docs/MODEL_CARD.md), weights file, "
+                        "checkpoint folder or run folder (default: %(default)s)")
     r.add_argument("--steps", type=int, default=4)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
