@@ -538,7 +538,7 @@ def render_figure(result: EvalResult) -> bytes:
 # ----------------------------------------------------------------------------------------------
 def build_parser(prog: str = "resflow eval") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Regenerate docs/EVAL.md: the embedded models against "
-                                "classical restorers on held-out photographs (about 13 min on 2 CPU cores).")
+                                "classical restorers on held-out photographs (about 14 min on 2 CPU cores).")
     p.add_argument("--out-dir", help="where EVAL.md, eval.json and eval-figure.png go (default: the source "
                    "checkout's docs/, for the full evaluation only)")
     p.add_argument("--images", default="kodak,skimage", help="image sets: kodak and/or skimage (default both)")
