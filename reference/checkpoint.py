@@ -306,12 +306,18 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
-                   half: bool = False) -> Path:
+                   half: bool = False, sampling: dict | None = None) -> Path:
     """Write an inference-only weights file (EMA weights by default) from a training checkpoint.
 
     ``half`` stores the floating-point tensors as fp16 (half the file; loading casts them back to
     the fp32 model, so the model runs what fp16 rounding left: about 3 significant digits).
+    ``sampling`` (a :class:`~.sampler.SamplingSettings` dict: steps, time_power, y_mode) is
+    recorded as the settings the model restores with unless a caller asks otherwise.
     """
+    if sampling is not None:
+        from .sampler import SamplingSettings
+
+        sampling = SamplingSettings.from_dict(sampling).to_dict()  # validated, complete
     model, _, record = load_model(checkpoint, use_ema=use_ema)
     state = model.state_dict()
     if half:
@@ -322,5 +328,7 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_em
                                   f"export without --half")
     record = dict(record, exported_from=str(checkpoint), weights="ema" if use_ema else "model",
                   stored_dtype="float16" if half else "float32")
+    if sampling is not None:
+        record["sampling"] = sampling
     save_weights(out, state, record)
     return Path(out)

@@ -34,6 +34,7 @@ from .degradations import Degradation, dead_leaves, parse_degradation
 __all__ = [
     "CleanFolderDataset",
     "DataError",
+    "FILE_WEIGHTINGS",
     "IMAGE_EXTENSIONS",
     "PairedFolderDataset",
     "ProceduralDataset",
@@ -56,7 +57,14 @@ VALIDATION_STREAM = 0x56414C  # "VAL"
 #: ``__len__`` of the infinite datasets: large, yet below sys.maxsize as len() requires.
 INFINITE_LENGTH = 2 ** 62
 
-_DEFAULT_CACHE_MEGABYTES = 256
+_DEFAULT_CACHE_MEGABYTES = 1024  # 8-bit pixels: about 40 photographs of 2560 x 1600
+
+#: How a clean-image folder picks the file of a sample: each file equally often, or in proportion
+#: to its pixel count (so a 20-megapixel photograph is not cropped as often as a 0.2-megapixel one).
+FILE_WEIGHTINGS = ("uniform", "area")
+
+#: ITU-R BT.601 luma weights, as Pillow's RGB -> L conversion: how a colour photograph becomes grey.
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 class DataError(ValueError):
@@ -87,8 +95,10 @@ def from_model_range(x: torch.Tensor) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # files
 # ------------------------------------------------------------------------------------------------
-def _pil_to_float_rgb(image: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> float32 HWC RGB in [0, 1]; alpha is dropped (training wants the colours)."""
+def _pil_to_rgb_pixels(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> HWC RGB pixels: uint8 for 8-bit modes (a quarter of the memory of
+    float32, so a cache holds four times the photographs), float32 in [0, 1] otherwise; alpha is
+    dropped (training wants the colours). :func:`_as_float01` finishes the conversion."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit greyscale (PNG/TIFF; Pillow may open it as 32-bit "I"): full scale is 65535.
         grey = np.asarray(image, dtype=np.float32) / 65535.0
@@ -99,9 +109,45 @@ def _pil_to_float_rgb(image: Image.Image) -> np.ndarray:
             image = image.convert("RGBA")
         if image.mode != "RGB":  # L, LA, RGBA, CMYK, YCbCr, 1, ...
             image = image.convert("RGB")
-        return np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        return np.asarray(image, dtype=np.uint8)
     grey = np.clip(grey, 0.0, 1.0)
     return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _as_float01(pixels: np.ndarray) -> np.ndarray:
+    """Pixels from :func:`_pil_to_rgb_pixels` as float32 in [0, 1] (uint8 divides by 255)."""
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) / np.float32(255.0)
+    return pixels
+
+
+def _load_pixels(path: Path) -> np.ndarray:
+    """:func:`load_image` without the final conversion to float (uint8 stays uint8)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so a truncated file fails here and not somewhere later
+            upright = ImageOps.exif_transpose(image)
+        return _pil_to_rgb_pixels(upright)
+    except UnidentifiedImageError as error:
+        raise DataError(f"{path}: not an image file Pillow can read") from error
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{path}: image too large ({error})") from error
+    except (OSError, SyntaxError, EOFError, ValueError, struct.error) as error:
+        raise DataError(f"{path}: truncated or corrupt image file ({error})") from error
+
+
+def _image_area(path: Path) -> int:
+    """Width x height from the file's header (nothing decoded)."""
+    try:
+        with Image.open(path) as image:
+            return image.size[0] * image.size[1]
+    except UnidentifiedImageError as error:
+        raise DataError(f"{path}: not an image file Pillow can read") from error
+    except (OSError, SyntaxError, EOFError, ValueError, struct.error) as error:
+        raise DataError(f"{path}: truncated or corrupt image file ({error})") from error
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -111,20 +157,7 @@ def load_image(path: str | Path) -> np.ndarray:
     alpha dropped. Raises :class:`DataError` naming the file when it is missing, is not an image,
     or is truncated/corrupt.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so a truncated file fails here and not somewhere later
-            upright = ImageOps.exif_transpose(image)
-        return _pil_to_float_rgb(upright)
-    except UnidentifiedImageError as error:
-        raise DataError(f"{path}: not an image file Pillow can read") from error
-    except Image.DecompressionBombError as error:
-        raise DataError(f"{path}: image too large ({error})") from error
-    except (OSError, SyntaxError, EOFError, ValueError, struct.error) as error:
-        raise DataError(f"{path}: truncated or corrupt image file ({error})") from error
+    return _as_float01(_load_pixels(path))
 
 
 def _is_image_file(path: Path) -> bool:
@@ -138,7 +171,8 @@ def _list_images(folder: Path, recursive: bool) -> list[Path]:
 
 
 class _ImageCache:
-    """Least-recently-used cache of decoded images, bounded in bytes: decoding dominates loading.
+    """Least-recently-used cache of decoded pixels (uint8 where the file is 8-bit), bounded in
+    bytes: decoding dominates loading.
 
     Each DataLoader worker process holds its own copy, so the budget is per process.
     """
@@ -152,7 +186,7 @@ class _ImageCache:
         if path in self._images:
             self._images.move_to_end(path)
             return self._images[path]
-        img = load_image(path)
+        img = _load_pixels(path)
         if img.nbytes <= self.max_bytes:
             self._images[path] = img
             self._bytes += img.nbytes
@@ -194,6 +228,12 @@ def _random_crop_and_flip(images: list[np.ndarray], rng: np.random.Generator, cr
 # ------------------------------------------------------------------------------------------------
 # datasets
 # ------------------------------------------------------------------------------------------------
+def _check_fraction(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def _check_non_negative_int(name: str, value: object, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -211,14 +251,30 @@ class _IndexedDataset(abc.ABC):
 
     kind = "indexed"
 
-    def __init__(self, crop: int, seed: int):
+    def __init__(self, crop: int, seed: int, grey_fraction: float = 0.0):
         self.crop = _check_non_negative_int("crop", crop, minimum=8)
         self.seed = _check_non_negative_int("seed", seed)
+        self.grey_fraction = _check_fraction("grey_fraction", grey_fraction)
         self._stream: tuple[int, ...] = ()  # () for training, (VALIDATION_STREAM,) for validation
 
     @abc.abstractmethod
     def _pair01(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(HQ, LQ) as float32 HWC in [0, 1], every random choice from ``rng``."""
+
+    def _degrade(self, hq: np.ndarray, rng: np.random.Generator,
+                 degradation: Degradation) -> tuple[np.ndarray, np.ndarray]:
+        """``(hq, degradation(hq))``, or, for a ``grey_fraction`` share of samples, both made grey.
+
+        A grey photograph reaches an RGB model as three equal channels whose noise (or JPEG
+        blocks) is the same in each: the grey image is degraded once and then repeated, never
+        degraded per channel. No draw is taken when the fraction is 0, so runs without grey
+        samples keep their exact data stream.
+        """
+        if self.grey_fraction > 0.0 and hq.shape[2] == 3 and rng.random() < self.grey_fraction:
+            grey = np.tensordot(hq, _LUMA_WEIGHTS, axes=([2], [0]))[..., None].astype(np.float32)
+            lq = degradation(grey, rng)
+            return np.repeat(grey, 3, axis=2), np.repeat(lq, 3, axis=2)
+        return hq, degradation(hq, rng)
 
     def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (hq, lq) pair for ``index``: float32 (C, crop, crop) tensors in [-1, 1]; same index, same pair."""
@@ -242,8 +298,11 @@ class _IndexedDataset(abc.ABC):
 
     def describe(self) -> dict:
         """JSON-able provenance for checkpoints."""
-        return {"kind": self.kind, "root": None, "degradation": None, "crop": self.crop, "seed": self.seed,
-                "files": 0}
+        described = {"kind": self.kind, "root": None, "degradation": None, "crop": self.crop, "seed": self.seed,
+                     "files": 0}
+        if self.grey_fraction:  # recorded only when used, so older records compare equal
+            described["grey_fraction"] = self.grey_fraction
+        return described
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "kind")
@@ -255,8 +314,9 @@ class ProceduralDataset(_IndexedDataset):
 
     kind = "procedural"
 
-    def __init__(self, degradation: str | Degradation, crop: int = 64, seed: int = 0, channels: int = 3):
-        super().__init__(crop, seed)
+    def __init__(self, degradation: str | Degradation, crop: int = 64, seed: int = 0, channels: int = 3,
+                 grey_fraction: float = 0.0):
+        super().__init__(crop, seed, grey_fraction)
         if channels not in (1, 3):
             raise ValueError(f"ProceduralDataset channels must be 1 or 3, got {channels!r}")
         self.channels = channels
@@ -264,7 +324,7 @@ class ProceduralDataset(_IndexedDataset):
 
     def _pair01(self, rng):
         hq = dead_leaves(self.crop, self.crop, rng, channels=self.channels)
-        return hq, self.degradation(hq, rng)
+        return self._degrade(hq, rng, self.degradation)
 
     def describe(self) -> dict:
         return {**super().describe(), "degradation": self.degradation.spec, "channels": self.channels}
@@ -281,26 +341,42 @@ class CleanFolderDataset(_IndexedDataset):
     kind = "clean_folder"
 
     def __init__(self, root: str | Path, degradation: str | Degradation, crop: int = 64, seed: int = 0,
-                 recursive: bool = True, cache_megabytes: float = _DEFAULT_CACHE_MEGABYTES):
-        super().__init__(crop, seed)
+                 recursive: bool = True, cache_megabytes: float = _DEFAULT_CACHE_MEGABYTES,
+                 grey_fraction: float = 0.0, file_weighting: str = "uniform"):
+        super().__init__(crop, seed, grey_fraction)
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"clean image folder not found: {self.root}")
+        if file_weighting not in FILE_WEIGHTINGS:
+            raise ValueError(f"file_weighting must be one of {', '.join(FILE_WEIGHTINGS)}, got {file_weighting!r}")
+        self.file_weighting = file_weighting
         self.degradation = _as_degradation(degradation, "CleanFolderDataset")
         self.files = _list_images(self.root, recursive)
         if not self.files:
             raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {self.root}"
                             f"{' or its subfolders' if recursive else ''}")
+        # cumulative pixel counts: a uniform draw in [0, total) lands in file i with probability area_i / total
+        self._cumulative_area = (np.cumsum([_image_area(p) for p in self.files], dtype=np.float64)
+                                 if file_weighting == "area" else None)
         self._cache = _ImageCache(int(cache_megabytes * 2 ** 20))
 
+    def _pick_file(self, rng: np.random.Generator) -> Path:
+        if self._cumulative_area is None:
+            return self.files[int(rng.integers(len(self.files)))]
+        draw = rng.random() * self._cumulative_area[-1]
+        return self.files[min(int(np.searchsorted(self._cumulative_area, draw, side="right")), len(self.files) - 1)]
+
     def _pair01(self, rng):
-        path = self.files[int(rng.integers(len(self.files)))]
+        path = self._pick_file(rng)
         (hq,) = _random_crop_and_flip([self._cache.load(path)], rng, self.crop)
-        return hq, self.degradation(hq, rng)
+        return self._degrade(_as_float01(hq), rng, self.degradation)
 
     def describe(self) -> dict:
-        return {**super().describe(), "root": str(self.root), "degradation": self.degradation.spec,
-                "files": len(self.files), "channels": 3}
+        described = {**super().describe(), "root": str(self.root), "degradation": self.degradation.spec,
+                     "files": len(self.files), "channels": 3}
+        if self.file_weighting != "uniform":
+            described["file_weighting"] = self.file_weighting
+        return described
 
 
 def _images_by_name(folder: Path) -> dict[str, Path]:
@@ -362,7 +438,7 @@ class PairedFolderDataset(_IndexedDataset):
     def _pair01(self, rng):
         hq_path, lq_path = self.pairs[int(rng.integers(len(self.pairs)))]
         hq, lq = _random_crop_and_flip(list(self._load_pair(hq_path, lq_path)), rng, self.crop)
-        return hq, lq
+        return _as_float01(hq), _as_float01(lq)
 
     def describe(self) -> dict:
         return {**super().describe(), "root": str(self.root), "files": len(self.pairs), "channels": 3}
@@ -404,17 +480,20 @@ class MixedDataset:
 
 
 def build_dataset(data: str | list[str] | tuple[str, ...], degradation: str | None, crop: int, seed: int,
-                  channels: int = 3) -> _IndexedDataset | MixedDataset:
+                  channels: int = 3, grey_fraction: float = 0.0,
+                  file_weighting: str = "uniform") -> _IndexedDataset | MixedDataset:
     """:func:`build_one_dataset` for one ``data`` string; a list of them gives a :class:`MixedDataset`
-    (each part with the same degradation, crop and seed)."""
+    (each part with the same degradation, crop, seed and options)."""
+    options = dict(channels=channels, grey_fraction=grey_fraction, file_weighting=file_weighting)
     if isinstance(data, (list, tuple)):
         if len(data) == 1:
-            return build_one_dataset(data[0], degradation, crop, seed, channels)
-        return MixedDataset([build_one_dataset(d, degradation, crop, seed, channels) for d in data])
-    return build_one_dataset(data, degradation, crop, seed, channels)
+            return build_one_dataset(data[0], degradation, crop, seed, **options)
+        return MixedDataset([build_one_dataset(d, degradation, crop, seed, **options) for d in data])
+    return build_one_dataset(data, degradation, crop, seed, **options)
 
 
-def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, channels: int = 3) -> _IndexedDataset:
+def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, channels: int = 3,
+                      grey_fraction: float = 0.0, file_weighting: str = "uniform") -> _IndexedDataset:
     """Pick a dataset from a ``data`` string.
 
     * ``"procedural"``: :class:`ProceduralDataset` (``degradation`` required);
@@ -422,10 +501,13 @@ def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, 
       paired data is already degraded);
     * any other folder: :class:`CleanFolderDataset` of the images under it (``degradation`` required).
 
-    Raises :class:`DataError` naming the path when it does not exist or holds no images.
+    ``grey_fraction`` applies to the datasets that degrade on the fly, ``file_weighting`` to
+    clean-image folders. Raises :class:`DataError` naming the path when it does not exist or
+    holds no images.
     """
     if data == "procedural":
-        return ProceduralDataset(_as_degradation(degradation, "data 'procedural'"), crop, seed, channels)
+        return ProceduralDataset(_as_degradation(degradation, "data 'procedural'"), crop, seed, channels,
+                                 grey_fraction=grey_fraction)
     root = Path(data)
     if not root.exists():
         raise DataError(f"data path does not exist: {root} (expected 'procedural', a folder of clean "
@@ -440,8 +522,12 @@ def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, 
         if degradation is not None:
             raise DataError(f"{root} holds paired data (lq/ and hq/), which is already degraded; "
                             f"got degradation {degradation!r}, pass none")
+        if grey_fraction:
+            raise DataError(f"{root} holds paired data (lq/ and hq/), which is already degraded; "
+                            f"grey_fraction makes grey samples before degrading and cannot apply to it")
         return PairedFolderDataset(root, crop, seed)  # names the missing half if only one exists
-    return CleanFolderDataset(root, _as_degradation(degradation, f"clean image folder {root}"), crop, seed)
+    return CleanFolderDataset(root, _as_degradation(degradation, f"clean image folder {root}"), crop, seed,
+                              grey_fraction=grey_fraction, file_weighting=file_weighting)
 
 
 def validation_set(dataset: _IndexedDataset | MixedDataset, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,10 +6,16 @@ uniform grid ``t_k = 1 - k/N``
     z <- z - (1/N) * v_theta(z, t_k),   k = 0 .. N-1
 
 and return x at t = 0, clamped to [-1, 1]. With ``y_mode="exact"`` y is instead moved exactly
-along the schedule, ``y <- y * sigma_y(t_{k+1}) / sigma_y(t_k)`` [choice].
+along the schedule, ``y <- y * sigma_y(t_{k+1}) / sigma_y(t_k)`` [choice]. A non-uniform grid
+``t_k = (1 - k/N) ** p`` (``time_power``) replaces ``1/N`` by ``t_k - t_{k+1}`` [choice].
+
+:class:`SamplingSettings` bundles the three choices (steps, grid, y mode); a weights file may
+carry the settings its model restores best with (``record["sampling"]``), and
+:data:`PAPER_SAMPLING` is the paper's.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -18,6 +24,39 @@ from .schedule import Schedule, time_grid
 from .unet import crop_to, pad_to_multiple
 
 Y_MODES = ("joint", "exact")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a model is sampled: ``steps`` Euler steps on the grid ``t_k = (1 - k/N) ** time_power``,
+    y moved ``"joint"``ly with x by the network's velocity or ``"exact"``ly along the schedule."""
+
+    steps: int = 4
+    time_power: float = 1.0
+    y_mode: str = "joint"
+
+    def __post_init__(self) -> None:
+        time_grid(self.steps, self.time_power)  # validates both
+        if self.y_mode not in Y_MODES:
+            raise ValueError(f"unknown y_mode {self.y_mode!r}; choose one of {', '.join(Y_MODES)}")
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "time_power": self.time_power, "y_mode": self.y_mode}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplingSettings":
+        return cls(steps=int(d.get("steps", 4)), time_power=float(d.get("time_power", 1.0)),
+                   y_mode=str(d.get("y_mode", "joint")))
+
+    @classmethod
+    def from_record(cls, record: dict) -> "SamplingSettings":
+        """The settings a weights file's record carries, or the paper's where it carries none."""
+        stored = record.get("sampling") if isinstance(record, dict) else None
+        return cls.from_dict(stored) if isinstance(stored, dict) else PAPER_SAMPLING
+
+
+#: The paper's sampler: 4 uniform Euler steps, x and y moved together by the network.
+PAPER_SAMPLING = SamplingSettings()
 
 
 def auxiliary_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -40,19 +79,21 @@ def euler_sample(
     eps: torch.Tensor | None = None,
     multiple: int | None = None,
     clamp: bool = True,
+    time_power: float = 1.0,
 ) -> torch.Tensor:
     """Restore ``lq`` (B, C, H, W) in [-1, 1] with ``steps`` Euler steps of the velocity ``model``.
 
     ``eps`` overrides the seeded auxiliary noise (same shape as ``lq``). ``multiple`` is the
     size the network needs (defaults to ``model.multiple`` when it has one): the state is
-    reflect-padded once, not at every step, and cropped back at the end.
+    reflect-padded once, not at every step, and cropped back at the end. ``time_power`` shapes
+    the grid (:func:`~.schedule.time_grid`; 1 is the paper's uniform grid).
     """
     schedule = schedule or Schedule()
     if y_mode not in Y_MODES:
         raise ValueError(f"unknown y_mode {y_mode!r}; choose one of {', '.join(Y_MODES)}")
     if lq.ndim != 4:
         raise ValueError(f"lq must be (B, C, H, W), got shape {tuple(lq.shape)}")
-    grid = time_grid(steps)
+    grid = time_grid(steps, time_power)
     x = lq.float()
     C = x.shape[1]
     if schedule.has_auxiliary:

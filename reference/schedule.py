@@ -8,7 +8,10 @@ Everything time-dependent in this project is derived here and nowhere else
 * auxiliary   ``y_t = sigma_y(t) * eps``, ``eps ~ N(0, I)``;
 * entropy-preserving ``sigma_y(t) = beta / (1 - t + beta)``, ``beta = 10``;
 * target velocity ``dz/dt = [LQ - HQ ; sigma_y'(t) * eps]``;
-* loss weight ``lambda(t) = (cos(pi/2 * (t - 2)) + 1) ** gamma = (1 - cos(pi t / 2)) ** gamma``.
+* loss weight ``lambda(t) = (cos(pi/2 * (t - 2)) + 1) ** gamma = (1 - cos(pi t / 2)) ** gamma``,
+  optionally floored, ``max(lambda(t), floor)`` [choice]: the paper's weight leaves small t almost
+  untrained (lambda(0.25) = 0.011), yet every Euler step of the sampler moves the image by the
+  same ``1/N`` of its velocity.
 
 Functions accept a Python float or a tensor of times; tensors of shape (B,) are broadcast over
 image tensors of shape (B, C, H, W) by :func:`expand_time`.
@@ -69,12 +72,14 @@ class Schedule:
     """A named ResFlow schedule with its constants.
 
     ``name`` is one of :data:`SCHEDULES`; ``beta`` parametrises the entropy-preserving
-    auxiliary; ``gamma`` the loss weight lambda(t).
+    auxiliary; ``gamma`` the loss weight lambda(t); ``weight_floor`` the least weight any t gets
+    (0, the paper's weight, by default).
     """
 
     name: str = "entropy_preserving"
     beta: float = DEFAULT_BETA
     gamma: float = DEFAULT_GAMMA
+    weight_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
@@ -83,6 +88,8 @@ class Schedule:
             raise ValueError(f"schedule beta must be a positive finite number, got {self.beta!r}")
         if not (self.gamma >= 0 and math.isfinite(self.gamma)):
             raise ValueError(f"schedule gamma must be a non-negative finite number, got {self.gamma!r}")
+        if not 0.0 <= self.weight_floor <= 1.0:  # also rejects NaN; lambda(1) = 1 is the largest weight
+            raise ValueError(f"schedule weight_floor must be in [0, 1], got {self.weight_floor!r}")
 
     @property
     def has_auxiliary(self) -> bool:
@@ -113,7 +120,13 @@ class Schedule:
         raise ValueError(f"schedule {self.name!r} has no auxiliary variable y")
 
     def loss_weight(self, t: TimeLike) -> TimeLike:
-        return loss_weight(t, self.gamma)
+        """lambda(t), raised to ``weight_floor`` where it is smaller."""
+        weight = loss_weight(t, self.gamma)
+        if self.weight_floor == 0.0:
+            return weight
+        if isinstance(weight, torch.Tensor):
+            return weight.clamp_min(self.weight_floor)
+        return max(weight, self.weight_floor)
 
     # -- paths and targets ----------------------------------------------------------------------
     def x_t(self, hq: torch.Tensor, lq: torch.Tensor, t: TimeLike) -> torch.Tensor:
@@ -147,15 +160,28 @@ class Schedule:
         return y * (self.sigma_y(t_next) / s)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "beta": self.beta, "gamma": self.gamma}
+        d = {"name": self.name, "beta": self.beta, "gamma": self.gamma}
+        if self.weight_floor:  # weights files written before the floor existed stay byte-identical
+            d["weight_floor"] = self.weight_floor
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Schedule":
-        return cls(name=d["name"], beta=float(d["beta"]), gamma=float(d["gamma"]))
+        return cls(name=d["name"], beta=float(d["beta"]), gamma=float(d["gamma"]),
+                   weight_floor=float(d.get("weight_floor", 0.0)))
 
 
-def time_grid(steps: int) -> list[float]:
-    """Uniform Euler grid from t = 1 down to t = 0: ``t_k = 1 - k/N`` for k = 0..N."""
+def time_grid(steps: int, power: float = 1.0) -> list[float]:
+    """Euler grid from t = 1 down to t = 0: ``t_k = (1 - k/N) ** power`` for k = 0..N.
+
+    ``power = 1`` is the paper's uniform grid ``t_k = 1 - k/N``; ``power > 1`` takes a longer
+    first step from the degraded end and shorter ones near the clean end, ``power < 1`` the
+    reverse [choice: a one-parameter family of non-uniform grids].
+    """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return [1.0 - k / steps for k in range(steps + 1)]
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0.0 < power < 16.0:
+        raise ValueError(f"time grid power must be a number in (0, 16), got {power!r}")
+    if power == 1.0:
+        return [1.0 - k / steps for k in range(steps + 1)]
+    return [(1.0 - k / steps) ** power for k in range(steps + 1)]

@@ -46,12 +46,15 @@ class TrainConfig:
     schedule: str = "entropy_preserving"
     beta: float = 10.0
     gamma: float = 1.75
+    loss_weight_floor: float = 0.0     # max(lambda(t), floor); 0 is the paper's weight (Schedule.weight_floor)
     image_channels: int = 3
     dropout: float = 0.0
     data: str | list[str] = "procedural"  # "procedural", a folder of clean images, a folder with lq/ and hq/,
                                           # or a list of these (interleaved sample by sample)
     degradation: str | None = "noise"  # see reference.degradations.parse_degradation; None for paired data
     crop: int = 64
+    grey_fraction: float = 0.0         # share of samples made grey before degrading (reference.data)
+    file_weighting: str = "uniform"    # how image-folder files are picked: "uniform" or "area"
     batch_size: int = 8                # per process
     steps: int = 1000
     lr: float = 2e-4
@@ -85,7 +88,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grad_clip must be positive (or None), got {self.grad_clip!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must not be negative, got {self.warmup_steps!r}")
-        Schedule(self.schedule, self.beta, self.gamma)  # validates the schedule name and constants
+        # validates the schedule name and constants
+        Schedule(self.schedule, self.beta, self.gamma, self.loss_weight_floor)
         preset_config(self.preset, self.image_channels, dropout=self.dropout)  # validates the preset
 
     @classmethod
@@ -153,7 +157,7 @@ class Trainer:
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
         self.progress = progress and self.rank == 0
-        self.schedule = Schedule(config.schedule, config.beta, config.gamma)
+        self.schedule = Schedule(config.schedule, config.beta, config.gamma, config.loss_weight_floor)
         self.unet_config = preset_config(config.preset, config.image_channels, self.schedule.has_auxiliary,
                                          dropout=config.dropout)
 
@@ -162,7 +166,8 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.dataset = build_dataset(config.data, config.degradation, config.crop, config.seed,
-                                     channels=config.image_channels)
+                                     channels=config.image_channels, grey_fraction=config.grey_fraction,
+                                     file_weighting=config.file_weighting)
         self.step = 0
         self.history: list[dict] = []
         self.net = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -317,7 +322,7 @@ class Trainer:
         saved = TrainConfig.from_dict(record.get("train", {}))
         # Only settings that change the model or its objective must match; the step budget,
         # logging and output settings may change on resume.
-        for name in ("preset", "schedule", "beta", "gamma", "image_channels", "dropout"):
+        for name in ("preset", "schedule", "beta", "gamma", "loss_weight_floor", "image_channels", "dropout"):
             if getattr(saved, name) != getattr(self.config, name):
                 raise CheckpointError(f"{path}: checkpoint was trained with {name}={getattr(saved, name)!r}, "
                                       f"this run asks for {name}={getattr(self.config, name)!r}")
@@ -336,7 +341,7 @@ class Trainer:
         """Resume continues exactly only with the same data stream; changing it is allowed (to
         fine-tune on other data, say) but said out loud."""
         changed = [f"{n}: {getattr(saved, n)!r} -> {getattr(self.config, n)!r}"
-                   for n in ("seed", "batch_size", "crop", "data", "degradation") if getattr(saved, n) != getattr(self.config, n)]
+                   for n in ("seed", "batch_size", "crop", "data", "degradation", "grey_fraction", "file_weighting") if getattr(saved, n) != getattr(self.config, n)]
         if record.get("world_size", self.world_size) != self.world_size:
             changed.append(f"world_size: {record.get('world_size')} -> {self.world_size}")
         if changed and self.rank == 0:

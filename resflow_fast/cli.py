@@ -169,8 +169,25 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .reference.checkpoint import export_weights
 
-    path = export_weights(args.checkpoint, args.output, use_ema=not args.raw, half=args.half)
+    sampling = None
+    if (args.steps, args.time_power, args.y_mode) != (None, None, None):
+        from .reference.sampler import PAPER_SAMPLING
+
+        sampling = dict(PAPER_SAMPLING.to_dict(), **{k: v for k, v in (("steps", args.steps), ("time_power", args.time_power),
+                                                                     ("y_mode", args.y_mode)) if v is not None})
+    path = export_weights(args.checkpoint, args.output, use_ema=not args.raw, half=args.half, sampling=sampling)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_training_photos(args: argparse.Namespace) -> int:
+    from .training_photos import TrainingPhotoError, gather, list_sha256
+
+    try:
+        paths = gather(args.out)
+    except TrainingPhotoError as error:
+        raise ValueError(str(error)) from error  # main() prints it as a one-line error
+    print(f"{len(paths)} photographs in {args.out} (list SHA-256 {list_sha256()})")
     return 0
 
 
@@ -227,11 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=list(SCHEDULES))
     t.add_argument("--beta", type=float)
     t.add_argument("--gamma", type=float)
+    t.add_argument("--loss-weight-floor", dest="loss_weight_floor", type=float,
+                   help="train with max(lambda(t), FLOOR) (0, the paper's weight, by default)")
     t.add_argument("--data", action="append",
                    help='"procedural", a folder of clean images, or a folder with lq/ and hq/; '
                         'repeat to interleave several sources')
     t.add_argument("--degradation", help='e.g. "noise:0-50", "jpeg:10-50", "rain", "haze", "snow", "mix"; "none" for paired data')
     t.add_argument("--crop", type=int)
+    t.add_argument("--grey-fraction", dest="grey_fraction", type=float,
+                   help="share of samples made grey (three equal channels) before degrading (default 0)")
+    t.add_argument("--file-weighting", dest="file_weighting", choices=["uniform", "area"],
+                   help="pick image-folder files uniformly (default) or by pixel count")
     t.add_argument("--batch-size", dest="batch_size", type=int)
     t.add_argument("--steps", type=int)
     t.add_argument("--lr", type=float)
@@ -285,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("output")
     e.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
     e.add_argument("--half", action="store_true", help="store the weights as fp16 (half the file size)")
+    e.add_argument("--steps", type=int, help="record the Euler steps the model restores with by default")
+    e.add_argument("--time-power", dest="time_power", type=float,
+                   help="record the default time grid t_k = (1 - k/N)^P (1: the paper's uniform grid)")
+    e.add_argument("--y-mode", dest="y_mode", choices=["joint", "exact"], help="record the default y update")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="train a tiny denoiser for about a minute and restore a held-out image")
@@ -295,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("training-photos", help="gather the photographs the embedded models train on "
+                       "(Debian wallpaper packages, scikit-image, scikit-learn), each checked by SHA-256")
+    p.add_argument("out", metavar="OUT", help="folder to copy them into (created; files already right are kept)")
+    p.set_defaults(func=cmd_training_photos)
 
     # `resflow bench ...` hands all its arguments to the benchmark's own parser (see main()).
     sub.add_parser("bench", help="the side-by-side benchmark table (GPU); `resflow bench --help` for its options",

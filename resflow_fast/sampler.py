@@ -60,19 +60,21 @@ class ResFlowSampler:
         fused_conv: the fast path's fused-conv policy, "off", "on" or "auto"
             (:mod:`resflow_fast.conv_dispatch`), or a ``ConvDispatch``; None: ``$RESFLOW_FUSED_CONV``,
             else "off". One dispatcher serves all calls of this sampler, so "auto" measures a shape once.
+        time_power: the time grid ``t_k = (1 - k/N) ** time_power`` (1: the paper's uniform grid).
     """
 
     def __init__(self, model: UNet, schedule: Schedule | None = None, steps: int = 4, dtype: torch.dtype | None = None,
                  y_mode: str = "joint", cuda_graphs: bool = False, fast: bool | None = None,
-                 fused_conv: str | ConvDispatch | None = None):
+                 fused_conv: str | ConvDispatch | None = None, time_power: float = 1.0):
         if not isinstance(model, UNet):
             raise TypeError(f"ResFlowSampler needs a reference UNet, got {type(model).__name__}")
         if y_mode not in Y_MODES:
             raise ValueError(f"unknown y_mode {y_mode!r}; choose one of {', '.join(Y_MODES)}")
         self.model = model
         self.schedule = schedule or Schedule()
-        self.grid = time_grid(steps)
+        self.grid = time_grid(steps, time_power)
         self.steps = steps
+        self.time_power = time_power
         self.dtype = dtype
         self.y_mode = y_mode
         self.cuda_graphs = cuda_graphs
@@ -95,7 +97,7 @@ class ResFlowSampler:
         use_fast = self.fast if self.fast is not None else lq.is_cuda
         if not use_fast:
             return euler_sample(self.model, lq, steps=self.steps, seed=seed, schedule=self.schedule,
-                                y_mode=self.y_mode, eps=eps, clamp=clamp)
+                                y_mode=self.y_mode, eps=eps, clamp=clamp, time_power=self.time_power)
         if self.schedule.has_auxiliary:
             eps = auxiliary_noise(tuple(lq.shape), seed) if eps is None else eps
             if eps.shape != lq.shape:

@@ -117,6 +117,18 @@ def test_export_writes_ema_weights(tmp_path):
 
 
 
+def test_export_records_the_sampling_settings_it_is_given(tmp_path):
+    model = build_unet("test")
+    save_training_checkpoint(tmp_path, 5, model.state_dict(), model.state_dict(), {"step": 5}, _record(step=5))
+    _, plain = load_weights(export_weights(tmp_path, tmp_path / "plain.safetensors"))
+    assert "sampling" not in plain
+    _, record = load_weights(export_weights(tmp_path, tmp_path / "s.safetensors", sampling={"steps": 2}))
+    assert record["sampling"] == {"steps": 2, "time_power": 1.0, "y_mode": "joint"}  # completed
+    with pytest.raises(ValueError, match="unknown y_mode"):
+        export_weights(tmp_path, tmp_path / "bad.safetensors", sampling={"y_mode": "sde"})
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_half_export_is_fp16_and_loads_into_the_fp32_model(tmp_path):
     model, ema = build_unet("test"), build_unet("test")
     save_training_checkpoint(tmp_path, 5, model.state_dict(), ema.state_dict(), {"step": 5}, _record(step=5))

@@ -373,3 +373,79 @@ def test_mixed_dataset_interleaves_its_parts(tmp_path):
     hq, lq = validation_set(mixed, 2, seed=0)
     assert hq.shape == (2, 3, 16, 16)
     assert build_dataset(["procedural"], "noise:25", 16, seed=3).describe()["kind"] == "procedural"
+
+
+# ------------------------------------------------------------------------------------------------
+# grey samples, area weighting, the uint8 cache
+# ------------------------------------------------------------------------------------------------
+def test_grey_samples_are_degraded_once_and_repeated(clean_folder):
+    dataset = CleanFolderDataset(clean_folder, "noise:25", crop=16, seed=3, grey_fraction=1.0)
+    for index in range(3):
+        hq, lq = dataset.sample(index)
+        for x in (hq, lq):  # three equal channels: the noise too is the same in each
+            assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+        assert not torch.equal(hq, lq)
+
+
+def test_grey_is_the_luma_of_the_colour_crop(tmp_path):
+    pixels = random_uint8(24, 24, seed=4)
+    save(tmp_path / "c.png", pixels)
+    colour = CleanFolderDataset(tmp_path, "noise:0", crop=24, seed=0)
+    grey = CleanFolderDataset(tmp_path, "noise:0", crop=24, seed=0, grey_fraction=1.0)
+    hq_colour = from_model_range(colour.sample(0)[0])
+    hq_grey = from_model_range(grey.sample(0)[0])  # same crop and flip: the draws before the grey one agree
+    expected = hq_colour @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    np.testing.assert_allclose(hq_grey[..., 0], expected, atol=1e-5)
+
+
+def test_grey_fraction_zero_keeps_the_data_stream(clean_folder):
+    before = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2)
+    after = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, grey_fraction=0.0)
+    for index in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(before.sample(index), after.sample(index)))
+
+
+def test_grey_fraction_is_a_share_of_samples(clean_folder):
+    dataset = CleanFolderDataset(clean_folder, "noise:10", crop=8, seed=0, grey_fraction=0.3)
+    grey = sum(bool(torch.equal(hq[0], hq[1]) and torch.equal(hq[1], hq[2]))
+               for hq, _ in (dataset.sample(i) for i in range(200)))
+    assert 35 <= grey <= 85  # 60 expected; the random images are never grey by themselves
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
+def test_grey_fraction_is_validated(clean_folder, bad):
+    with pytest.raises(ValueError, match="grey_fraction"):
+        CleanFolderDataset(clean_folder, "noise", crop=8, grey_fraction=bad)
+
+
+def test_paired_data_refuses_grey_fraction(tmp_path):
+    with pytest.raises(DataError, match="grey_fraction"):
+        build_dataset(str(make_pairs(tmp_path / "p")), None, 16, 0, grey_fraction=0.5)
+
+
+def test_area_weighting_picks_files_by_pixel_count(tmp_path):
+    save(tmp_path / "big.png", np.full((120, 100, 3), 200, np.uint8))    # 12,000 px
+    save(tmp_path / "small.png", np.full((40, 30, 3), 50, np.uint8))     # 1,200 px
+    uniform = CleanFolderDataset(tmp_path, "noise:0", crop=8, seed=0)
+    by_area = CleanFolderDataset(tmp_path, "noise:0", crop=8, seed=0, file_weighting="area")
+
+    def share_of_big(dataset):
+        return np.mean([float(dataset.sample(i)[0].mean()) > 0 for i in range(300)])  # 200/255 -> > 0
+
+    assert 0.4 < share_of_big(uniform) < 0.6
+    assert share_of_big(by_area) > 0.85  # 10/11 expected
+    assert by_area.describe()["file_weighting"] == "area"
+    with pytest.raises(ValueError, match="file_weighting"):
+        CleanFolderDataset(tmp_path, "noise:0", crop=8, file_weighting="size")
+
+
+def test_cache_keeps_8_bit_pixels_and_gives_the_same_values(tmp_path):
+    pixels = random_uint8(20, 20, seed=9)
+    save(tmp_path / "a.png", pixels)
+    dataset = CleanFolderDataset(tmp_path, "noise:0", crop=20, seed=0)
+    dataset.sample(0)
+    (cached,) = dataset._cache._images.values()
+    assert cached.dtype == np.uint8  # a quarter of float32's memory
+    hq = from_model_range(dataset.sample(0)[0])  # the crop is the whole image, perhaps mirrored
+    full = load_image(tmp_path / "a.png")
+    assert np.allclose(hq, full, atol=1e-6) or np.allclose(hq, full[:, ::-1], atol=1e-6)

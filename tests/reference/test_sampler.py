@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from resflow_fast.reference.sampler import auxiliary_noise, euler_sample
+from resflow_fast.reference.sampler import PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample
 from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import build_unet
 
@@ -51,6 +51,26 @@ def test_euler_update_and_time_grid(steps):
     # x_0 = x_1 - sum_k dt * v = 0 - 1 * 0.2
     assert torch.allclose(out, torch.full_like(out, -0.2), atol=1e-6)
     assert field.times == pytest.approx([1 - k / steps for k in range(steps)])
+
+
+def test_non_uniform_grid_visits_its_times_and_keeps_the_total_move():
+    field = ConstantVelocity(vx=0.2, vy=0.0)
+    out = euler_sample(field, torch.zeros(1, 3, 4, 5), steps=3, seed=0, time_power=2.0)
+    assert torch.allclose(out, torch.full_like(out, -0.2), atol=1e-6)  # the steps still sum to 1
+    assert field.times == pytest.approx([1.0, (2 / 3) ** 2, (1 / 3) ** 2])
+
+
+def test_sampling_settings_validate_and_round_trip():
+    settings = SamplingSettings(steps=2, time_power=1.5, y_mode="exact")
+    assert SamplingSettings.from_dict(settings.to_dict()) == settings
+    assert SamplingSettings.from_record({"sampling": settings.to_dict()}) == settings
+    assert SamplingSettings.from_record({}) == PAPER_SAMPLING == SamplingSettings(4, 1.0, "joint")
+    with pytest.raises(ValueError, match="unknown y_mode"):
+        SamplingSettings(y_mode="sde")
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        SamplingSettings(steps=0)
+    with pytest.raises(ValueError, match="time grid power"):
+        SamplingSettings(time_power=-1.0)
 
 
 def test_exact_y_mode_moves_y_along_the_schedule():

@@ -106,3 +106,36 @@ def test_time_grid():
 def test_round_trip_dict():
     s = Schedule("linear", beta=3.0, gamma=2.0)
     assert Schedule.from_dict(s.to_dict()) == s
+
+
+def test_time_grid_power_shapes_the_steps():
+    assert time_grid(4, power=1.0) == time_grid(4)
+    grid = time_grid(4, power=2.0)
+    assert grid == pytest.approx([1.0, 0.5625, 0.25, 0.0625, 0.0])
+    steps = [a - b for a, b in zip(grid, grid[1:])]
+    assert steps == sorted(steps, reverse=True)  # power > 1: the longest step leaves the degraded end
+    gentle = time_grid(4, power=0.5)
+    assert [a - b for a, b in zip(gentle, gentle[1:])] == sorted(a - b for a, b in zip(gentle, gentle[1:]))
+    for bad in (0, -1.0, float("nan"), 16.0, True):
+        with pytest.raises(ValueError, match="time grid power"):
+            time_grid(4, power=bad)
+
+
+def test_weight_floor_raises_small_weights_only():
+    floored = Schedule(weight_floor=0.25)
+    paper = Schedule()
+    t = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0])
+    expected = torch.maximum(paper.loss_weight(t), torch.tensor(0.25))
+    torch.testing.assert_close(floored.loss_weight(t), expected)
+    assert floored.loss_weight(0.0) == 0.25 and floored.loss_weight(1.0) == pytest.approx(1.0)
+    assert floored.loss_weight(0.9) == pytest.approx(paper.loss_weight(0.9))  # above the floor: unchanged
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="weight_floor"):
+            Schedule(weight_floor=bad)
+
+
+def test_weight_floor_round_trips_and_old_records_read_as_the_papers():
+    floored = Schedule(weight_floor=0.1)
+    assert Schedule.from_dict(floored.to_dict()) == floored
+    assert "weight_floor" not in Schedule().to_dict()  # records of the paper's weight are unchanged
+    assert Schedule.from_dict({"name": "entropy_preserving", "beta": 10.0, "gamma": 1.75}).weight_floor == 0.0

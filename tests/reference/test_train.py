@@ -86,6 +86,23 @@ def test_resume_refuses_another_model(tmp_path):
         Trainer(_tiny(tmp_path / "empty", steps=2), resume=True, progress=False)
 
 
+def test_loss_weight_floor_grey_and_weighting_reach_the_run(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (24, 20), (200, 30, 90)).save(photos / "a.png")
+    config = _tiny(tmp_path, steps=1, loss_weight_floor=0.2, data=str(photos), grey_fraction=0.5,
+                   file_weighting="area")
+    trainer = Trainer(config, progress=False)
+    assert trainer.schedule.weight_floor == 0.2
+    assert trainer.dataset.grey_fraction == 0.5 and trainer.dataset.file_weighting == "area"
+    trainer.fit()
+    with pytest.raises(CheckpointError, match="loss_weight_floor=0.2, this run asks for loss_weight_floor=0.0"):
+        Trainer(_tiny(tmp_path, steps=2, data=str(photos), grey_fraction=0.5, file_weighting="area"),
+                resume=True, progress=False)
+    with pytest.raises(ValueError, match="weight_floor must be in"):
+        _tiny(tmp_path, loss_weight_floor=2.0)
+
+
 def test_bad_configs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown U-Net preset 'huge'"):
         _tiny(tmp_path, preset="huge")
