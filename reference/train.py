@@ -56,6 +56,7 @@ class TrainConfig:
     grey_fraction: float = 0.0         # share of samples made grey before degrading (reference.data)
     file_weighting: str = "uniform"    # how image-folder files are picked: "uniform" or "area"
     batch_size: int = 8                # per process
+    data_workers: int = 0              # processes preparing batches ahead of the step (0: in the loop)
     steps: int = 1000
     lr: float = 2e-4
     warmup_steps: int = 0
@@ -88,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grad_clip must be positive (or None), got {self.grad_clip!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must not be negative, got {self.warmup_steps!r}")
+        if not isinstance(self.data_workers, int) or isinstance(self.data_workers, bool) or self.data_workers < 0:
+            raise ValueError(f"TrainConfig.data_workers must be an integer >= 0, got {self.data_workers!r}")
         # validates the schedule name and constants
         Schedule(self.schedule, self.beta, self.gamma, self.loss_weight_floor)
         preset_config(self.preset, self.image_channels, dropout=self.dropout)  # validates the preset
@@ -225,19 +228,48 @@ class Trainer:
             return self.config.lr * (step + 1) / self.config.warmup_steps
         return self.config.lr
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hq, lq) of this rank for ``step``: dataset indices disjoint across steps and ranks."""
+    def batch_indices(self, step: int) -> list[int]:
+        """Dataset indices of this rank's batch for ``step``: disjoint across steps and ranks."""
         B = self.config.batch_size
         first = (step * self.world_size + self.rank) * B
-        pairs = [self.dataset.sample(first + j) for j in range(B)]
+        return list(range(first, first + B))
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hq, lq) of this rank for ``step``."""
+        pairs = [self.dataset.sample(i) for i in self.batch_indices(step)]
         hq = torch.stack([p[0] for p in pairs]).to(self.device, non_blocking=True)
         lq = torch.stack([p[1] for p in pairs]).to(self.device, non_blocking=True)
         return hq, lq
 
-    def train_step(self) -> torch.Tensor:
-        """One optimizer step; returns the loss, detached and left on the device (no sync)."""
+    def _prefetched_batches(self):
+        """Batches for steps ``self.step``, ``self.step + 1``, ... made by ``data_workers`` processes.
+
+        Each worker builds whole batches from the same indices :meth:`batch` uses, so the data
+        stream, and with it resume, is exactly that of the single-process loop; only the time
+        spent decoding, cropping and degrading overlaps the step.
+        """
+        trainer = self
+
+        class StepBatches(torch.utils.data.Sampler):
+            def __iter__(self):
+                for step in range(trainer.step, trainer.config.steps):
+                    yield trainer.batch_indices(step)
+
+            def __len__(self):
+                return max(0, trainer.config.steps - trainer.step)
+
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=StepBatches(), num_workers=self.config.data_workers,
+            collate_fn=lambda pairs: (torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])),
+            pin_memory=self.device.type == "cuda", persistent_workers=False, prefetch_factor=4)
+        for hq, lq in loader:
+            yield hq.to(self.device, non_blocking=True), lq.to(self.device, non_blocking=True)
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One optimizer step (on ``batch``, or this step's batch made here); returns the loss,
+        detached and left on the device (no sync)."""
         cfg = self.config
-        hq, lq = self.batch(self.step)
+        hq, lq = batch if batch is not None else self.batch(self.step)
         gen = _step_generator(cfg.seed, self.step, self.rank)
         t = torch.rand(hq.shape[0], generator=gen).to(self.device)
         eps = torch.randn(hq.shape, generator=gen).to(self.device) if self.schedule.has_auxiliary else None
@@ -350,7 +382,10 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train to ``config.steps`` (or ``max_minutes``); checkpoint and validate on schedule."""
+        """Train to ``config.steps`` (or ``max_minutes``); checkpoint and validate on schedule.
+
+        Returns the final step, checkpoint and validation, and the run's throughput in samples per
+        second (all ranks; validation and checkpoint time included)."""
         cfg = self.config
         start = time.monotonic()
         bar = None
@@ -359,9 +394,11 @@ class Trainer:
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         last_path, saved_step, loss = None, None, torch.tensor(float("nan"))
+        batches = self._prefetched_batches() if cfg.data_workers > 0 else None
+        first_step = self.step
         try:
             while self.step < cfg.steps:
-                loss = self.train_step()
+                loss = self.train_step(next(batches) if batches is not None else None)
                 out_of_time = False
                 if cfg.max_minutes is not None and self.step % 10 == 0:
                     out_of_time = time.monotonic() - start > 60 * cfg.max_minutes
@@ -384,14 +421,19 @@ class Trainer:
                 if out_of_time:
                     break
         finally:
+            if batches is not None:
+                batches.close()  # stops the workers
             if bar is not None:
                 bar.close()
+        elapsed = time.monotonic() - start
         if self.rank == 0 and (not self.history or self.history[-1]["step"] != self.step):
             self.history.append(dict(self.validate(), loss=float(loss)))
         # the same decision on every rank: save() holds a barrier all of them must reach
         if saved_step != self.step:
             last_path, saved_step = self.save(), self.step
+        samples = (self.step - first_step) * cfg.batch_size * self.world_size
         return {"step": self.step, "checkpoint": str(last_path) if last_path else None,
+                "samples_per_second": samples / elapsed if elapsed > 0 else None,
                 "validation": self.history[-1] if self.history else None}
 
     def close(self) -> None:

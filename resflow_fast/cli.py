@@ -119,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         msg = f"trained to step {result['step']}; checkpoint {result['checkpoint']}"
         if v:
             msg += f"; validation PSNR {v['psnr_restored']:.2f} dB (degraded input {v['psnr_input']:.2f} dB)"
+        if result.get("samples_per_second"):
+            msg += f"; {result['samples_per_second']:.1f} samples/s (validation and checkpoints included)"
         print(msg)
     return 0
 
@@ -256,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--file-weighting", dest="file_weighting", choices=["uniform", "area"],
                    help="pick image-folder files uniformly (default) or by pixel count")
     t.add_argument("--batch-size", dest="batch_size", type=int)
+    t.add_argument("--data-workers", dest="data_workers", type=int,
+                   help="processes preparing batches ahead of the step (default 0: in the training loop)")
     t.add_argument("--steps", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--warmup-steps", dest="warmup_steps", type=int)

@@ -235,3 +235,14 @@ def test_a_new_run_into_a_folder_with_checkpoints_is_refused(tmp_path, init):
     with pytest.raises(CheckpointError, match="already holds checkpoints of another run .step-00000002"):
         Trainer(_tiny(tmp_path, steps=4, init_from=str(source) if init else None), progress=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+
+
+def test_data_workers_give_the_same_run_as_the_loop(tmp_path):
+    looped = train(_tiny(tmp_path / "loop", steps=3, dropout=0.0), progress=False)
+    workers = train(_tiny(tmp_path / "workers", steps=3, dropout=0.0, data_workers=2), progress=False)
+    a, _, _ = load_model(looped["checkpoint"])
+    b, _, _ = load_model(workers["checkpoint"])
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert workers["samples_per_second"] > 0
+    with pytest.raises(ValueError, match="data_workers"):
+        _tiny(tmp_path, data_workers=-1)
