@@ -6,6 +6,7 @@ one line naming the problem, with exit status 2 and no traceback; ``RESFLOW_DEBU
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -100,6 +101,26 @@ def _plan_outputs(inputs: list[tuple[Path, Path]], out: Path, single_file: bool)
 # ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
+def _resumed_config(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields recorded in the checkpoint ``--resume`` will load (empty if none is found:
+    the trainer then reports the missing checkpoint)."""
+    from .reference.checkpoint import RECORD_NAME, latest_checkpoint
+    from .reference.train import TrainConfig
+
+    if args.resume is True:
+        path = latest_checkpoint(args.out_dir or TrainConfig.out_dir)
+    else:
+        path = Path(args.resume)
+        if path.is_dir() and not (path / RECORD_NAME).is_file():  # a run folder: its latest checkpoint
+            path = latest_checkpoint(path)
+    record_file = path / RECORD_NAME if path is not None else None
+    if record_file is None or not record_file.is_file():
+        return {}
+    saved = json.loads(record_file.read_text(encoding="utf-8")).get("train", {})
+    known = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in saved.items() if k in known}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .reference.train import TrainConfig, train
 
@@ -108,7 +129,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["data"] = args.data[0]
     if args.degradation == "none":
         overrides["degradation"] = None
-    config = TrainConfig(**overrides)
+    # Resuming continues the run as it was configured: options not given on this command line come
+    # from the checkpoint's record, so `resflow train --out-dir RUN --resume` is enough.
+    base = _resumed_config(args) if args.resume is not None else {}
+    config = TrainConfig(**{**base, **overrides})
     from .training import trainer_hooks
 
     device = _device(config.device)

@@ -24,11 +24,17 @@ def test_train_writes_a_checkpoint(run_dir, capsys):
     assert (run_dir / "history.json").is_file()
 
 
-def test_resume_continues(run_dir, capsys):
-    args = [a if a != "2" else "3" for a in TINY_TRAIN]  # --steps 2 -> 3 (the batch size is 2 too)
-    args[args.index("--batch-size") + 1] = "2"
-    assert main(args + ["--out-dir", str(run_dir), "--resume"]) == 0
+def test_resume_continues_with_the_recorded_options(run_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    run = shutil.copytree(run_dir, tmp_path / "run")  # the module's run stays as it was for other tests
+    # only the step budget is given: preset, crop, batch size and degradation come from the checkpoint
+    assert main(["train", "--out-dir", str(run), "--resume", "--steps", "3", "--quiet"]) == 0
     assert "trained to step 3" in capsys.readouterr().out
+    record = json.loads((run / "step-00000003" / "record.json").read_text())
+    assert record["train"]["preset"] == "test" and record["train"]["crop"] == 16
+    assert record["train"]["batch_size"] == 2 and record["train"]["degradation"] == "noise:25"
 
 
 def test_restore_and_export(run_dir, tmp_path, capsys):
