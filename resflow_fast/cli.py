@@ -160,8 +160,11 @@ class _ImageProgress:
     """A progress bar inside one image, by tile and Euler step, shown once the image has taken
     ``delay`` seconds (so quick restores print nothing)."""
 
-    def __init__(self, name: str, enabled: bool, position: int, delay: float = 2.0):
-        self.name, self.enabled, self.position, self.delay = name, enabled, position, delay
+    #: Seconds an image must take before its bar appears.
+    DELAY_S = 2.0
+
+    def __init__(self, name: str, enabled: bool, position: int):
+        self.name, self.enabled, self.position = name, enabled, position
         self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
@@ -170,7 +173,7 @@ class _ImageProgress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.name, unit="step", delay=self.delay, leave=False,
+            self.bar = tqdm(total=total, desc=self.name, unit="step", delay=self.DELAY_S, leave=False,
                             position=self.position, dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
 

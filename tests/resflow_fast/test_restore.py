@@ -486,6 +486,7 @@ def test_cli_mirrors_a_folder_and_recurses_only_when_asked(tmp_path, checkpoint,
     src = _tree(tmp_path / "in")
     assert _restore_cli(src, "-o", tmp_path / "flat", model=checkpoint) == 0
     assert _files(tmp_path / "flat") == ["a.png", "b.jpg"]
+    assert "1 sub-folder not searched (-r to include)" in capsys.readouterr().out
     assert _restore_cli(src, "-o", tmp_path / "deep", "--recursive", model=checkpoint) == 0
     assert _files(tmp_path / "deep") == ["a.png", "b.jpg", "sub/c.png"]
     out = Image.open(tmp_path / "deep" / "sub" / "c.png")
@@ -577,3 +578,84 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, checkpoint, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("resflow: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_a_file_output_with_several_inputs_is_a_usage_error(tmp_path, checkpoint, capsys):
+    src = _tree(tmp_path / "in")
+    assert _restore_cli(src / "a.png", src / "b.jpg", "-o", tmp_path / "single.png", model=checkpoint) == 2
+    assert "-o " in capsys.readouterr().err and not (tmp_path / "single.png").exists()
+    assert _restore_cli(src, "-o", tmp_path / "single.png", model=checkpoint) == 2  # a folder in, a file out
+    assert "names one file" in capsys.readouterr().err and not (tmp_path / "single.png").exists()
+
+
+def test_cli_an_output_that_cannot_be_written_is_refused_before_any_restoring(tmp_path, checkpoint, monkeypatch, capsys):
+    src = _tree(tmp_path / "in")
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    restored = []
+    monkeypatch.setattr(Restorer, "restore", lambda self, *a, **k: restored.append(a))
+    assert _restore_cli(src, "-o", tmp_path / "taken" / "out", model=checkpoint) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resflow: error: ") and str(tmp_path / "taken" / "out") in err and "cannot write" in err
+    assert "a.png" not in err and ".tmp" not in err and restored == []
+
+
+def test_cli_a_failed_file_is_never_shown_as_done(tmp_path, checkpoint, capsys):
+    src = _tree(tmp_path / "in")
+    (src / "broken.png").write_bytes(b"not an image")
+    assert main(["restore", str(src), "-o", str(tmp_path / "out"), "--model", str(checkpoint), "--steps", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "2/3" in captured.err and "3/3" not in captured.err and "100%" not in captured.err
+    assert "restored 2 of 3" in captured.out and "1 failed" in captured.out
+
+
+def test_cli_progress_inside_an_image_by_tile_and_step_and_quiet_silences_it(tmp_path, checkpoint, monkeypatch, capsys):
+    import resflow_fast.cli as cli
+
+    monkeypatch.setattr(cli._ImageProgress, "DELAY_S", 0.0)  # shown at once, whatever the machine's speed
+    Image.fromarray(np.zeros((50, 70, 3), np.uint8)).save(tmp_path / "in.png")
+    args = ["restore", str(tmp_path / "in.png"), "--model", str(checkpoint), "--steps", "3", "--tile", "32"]
+    assert main(args + ["-o", str(tmp_path / "a.png")]) == 0
+    err = capsys.readouterr().err
+    tiles = 2 * 3  # 50 x 70 in 32-px tiles
+    assert f"{tiles * 3}/{tiles * 3}" in err and "in.png" in err
+    assert main(args + ["-o", str(tmp_path / "b.png"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_sampling_memory_and_fused_conv_options_reach_the_restorer(tmp_path, checkpoint, monkeypatch, capsys):
+    seen = []
+    original = Restorer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs)
+        original(self, *args, **kwargs)
+    monkeypatch.setattr(Restorer, "__init__", spy)
+    Image.fromarray(RGB).save(tmp_path / "in.png")
+    assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(checkpoint),
+                 "--paper-sampling", "--steps", "1", "--fused-conv", "on", "--max-memory", "2GB", "--quiet"]) == 0
+    assert {k: seen[0][k] for k in ("sampling", "steps", "fused_conv", "max_memory")} == dict(
+        sampling="paper", steps=1, fused_conv="on", max_memory="2GB")
+
+
+def test_cli_a_memory_budget_too_small_fails_the_file_with_the_numbers(tmp_path, checkpoint, capsys):
+    Image.fromarray(RGB).save(tmp_path / "in.png")
+    assert _restore_cli(tmp_path / "in.png", "-o", tmp_path / "out.png", "--max-memory", "1KB", model=checkpoint) == 1
+    assert "memory budget of 1.0 KB" in capsys.readouterr().err and not (tmp_path / "out.png").exists()
+    assert _restore_cli(tmp_path / "in.png", "-o", tmp_path / "out.png", "--max-memory", "lots", model=checkpoint) == 2
+    assert "max_memory: expected a size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_cli_16_bit_colour_and_grey_alpha_files_come_back_16_bit(tmp_path, checkpoint, channels, ext):
+    from resflow_fast.imageio import DeepImage, read_image, save_image
+
+    pixels = (np.random.default_rng(channels).random((9, 7, channels)) * 65535).astype(np.uint16)
+    save_image(DeepImage(pixels, "PNG" if ext == "png" else "TIFF"), tmp_path / f"in.{ext}")
+    assert _restore_cli(tmp_path / f"in.{ext}", "-o", tmp_path / f"out.{ext}", model=checkpoint) == 0
+    back = read_image(tmp_path / f"out.{ext}")
+    assert isinstance(back, DeepImage) and back.pixels.shape == pixels.shape and back.pixels.dtype == np.uint16
+    colour = back.pixels[..., : channels - 1 if channels in (2, 4) else channels]
+    assert np.any(colour % 257)  # not 8-bit data scaled up
+    if channels in (2, 4):
+        np.testing.assert_array_equal(back.pixels[..., -1], pixels[..., -1])  # alpha untouched
