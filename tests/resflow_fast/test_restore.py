@@ -150,7 +150,7 @@ def tiling(unet):
     img = np.clip(dead_leaves(96, 80, rng) + rng.normal(0, 0.1, (96, 80, 3)), 0, 1).astype(np.float32)
     results = {"input": (img, None)}
     for name, seed, kw in [("untiled", 0, dict(tile=None)), ("tile48", 0, dict(tile=48)), ("tile64", 0, dict(tile=64)),
-                           ("hard_cuts", 0, dict(tile=40, overlap=0)), ("seed1", 1, dict(tile=None))]:
+                           ("hard_cuts", 0, dict(tile=48, overlap=0)), ("seed1", 1, dict(tile=None))]:
         restorer = Restorer(unet, steps=2, **kw)
         results[name] = (restorer.restore(img, seed=seed), restorer.last_spans[1])
     return results
