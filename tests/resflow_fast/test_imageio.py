@@ -17,7 +17,7 @@ GREY16 = (RNG.random((9, 7)) * 65535).astype(np.uint16)
 
 
 def pil_images() -> dict[str, Image.Image]:
-    """One image per Pillow mode the issue names, plus a 16-bit big-endian one."""
+    """One image per Pillow mode a user hands in, plus a 16-bit big-endian one."""
     palette = Image.fromarray(RGB).convert("P")
     with_transparency = palette.copy()
     with_transparency.info["transparency"] = 0

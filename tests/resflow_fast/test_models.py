@@ -108,7 +108,7 @@ def test_wrong_kinds_of_model_argument(tmp_path, unet):
 def test_every_embedded_model_ships_within_the_size_limit(name):
     path = embedded_model_path(name)
     assert path.is_file(), f"{name}: {path} is not in the package"
-    assert path.stat().st_size <= 25 * 1024 * 1024, "issue 6: at most 25 MB per checkpoint"
+    assert path.stat().st_size <= 25 * 1024 * 1024, "an embedded model ships in at most 25 MB"
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

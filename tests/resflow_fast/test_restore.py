@@ -31,7 +31,7 @@ from resflow_fast.restore import blend_windows, tile_spans
 restore_module = importlib.import_module("resflow_fast.restore")
 
 RNG = np.random.default_rng(0)
-RGB = (RNG.random((9, 7, 3)) * 255).astype(np.uint8)  # 7 wide, 9 high: the tiny size
+RGB = (RNG.random((9, 7, 3)) * 255).astype(np.uint8)  # 7 wide, 9 high: smaller than any tile or network multiple
 ALPHA = (RNG.random((9, 7)) * 255).astype(np.uint8)
 
 
