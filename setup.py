@@ -26,6 +26,8 @@ setup(
         'triton>=3.0; platform_system == "Linux"',  # elsewhere the pure-torch twins run
         "numpy>=1.24",
         "pillow>=10.0",
+        "tifffile>=2023.1",  # 16-bit colour TIFF, which Pillow decodes to 8 bits
+        "pypng>=0.20220715",  # 16-bit colour PNG, likewise
         "safetensors>=0.4",
         "tqdm>=4.60",
         "nvidia-ml-py>=12.0",

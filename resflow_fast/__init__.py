@@ -10,7 +10,7 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from .imageio import ResflowInputError
-from .restore import Restorer, RestoreError, restore
+from .imageio import DeepImage, ResflowInputError
+from .restore import MemoryBudgetError, Restorer, RestoreError, restore
 
-__all__ = ["__version__", "restore", "Restorer", "RestoreError", "ResflowInputError"]
+__all__ = ["__version__", "restore", "Restorer", "RestoreError", "MemoryBudgetError", "ResflowInputError", "DeepImage"]

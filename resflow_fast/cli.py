@@ -45,23 +45,29 @@ def _tile_arg(text: str) -> int | str | None:
         raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or a tile side in pixels, got {text!r}") from None
 
 
-def _folder_images(folder: Path, recursive: bool) -> list[Path]:
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
+def _folder_images(folder: Path, recursive: bool) -> tuple[list[Path], int]:
+    """The images in ``folder`` (and below it with ``recursive``), and how many sub-folders were not searched."""
+    candidates = list(folder.rglob("*") if recursive else folder.iterdir())
     # Hidden files (macOS "._x.jpg" forks, our own ".x.png.tmp" temp files) are never images to restore.
-    images = (p for p in candidates if p.is_file() and p.suffix.lower() in RESTORE_EXTENSIONS
-              and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    return sorted(images, key=lambda p: p.relative_to(folder).as_posix())
+    visible = [p for p in candidates if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    images = (p for p in visible if p.is_file() and p.suffix.lower() in RESTORE_EXTENSIONS)
+    skipped_folders = 0 if recursive else sum(1 for p in visible if p.is_dir())
+    return sorted(images, key=lambda p: p.relative_to(folder).as_posix()), skipped_folders
 
 
-def _collect_inputs(patterns: list[str], recursive: bool) -> list[tuple[Path, Path]]:
-    """(file, where it goes under OUT) for files, folders (tree mirrored) and globs (flat)."""
+def _collect_inputs(patterns: list[str], recursive: bool) -> tuple[list[tuple[Path, Path]], int]:
+    """(file, where it goes under OUT) for files, folders (tree mirrored) and globs (flat), and the
+    number of sub-folders of the named folders that were not searched (no ``--recursive``)."""
     import glob
 
     found: list[tuple[Path, Path]] = []
+    skipped_folders = 0
     for text in patterns:
         path = Path(text)
         if path.is_dir():
-            found += [(f, f.relative_to(path)) for f in _folder_images(path, recursive)]
+            images, skipped = _folder_images(path, recursive)
+            found += [(f, f.relative_to(path)) for f in images]
+            skipped_folders += skipped
         elif path.exists():
             found.append((path, Path(path.name)))
         elif glob.has_magic(text):
@@ -71,7 +77,29 @@ def _collect_inputs(patterns: list[str], recursive: bool) -> list[tuple[Path, Pa
             found += [(m, Path(m.name)) for m in matches]
         else:
             raise UsageError(f"{text}: no such file or folder")
-    return found
+    return found, skipped_folders
+
+
+def _output_is_a_file(out: Path) -> bool:
+    """-o names a file (not a folder) when it has an image file ending and is not an existing folder."""
+    from PIL import Image
+
+    return not out.is_dir() and out.suffix.lower() in Image.registered_extensions()
+
+
+def _check_writable(folders: set[Path], out: Path) -> None:
+    """Create every output folder and write a probe file in each, before any restoring: a location
+    that cannot take the outputs is an error naming the output, not a failure after the work."""
+    import tempfile
+
+    for folder in sorted(folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder, prefix=".resflow-probe-"):
+                pass
+        except OSError as error:
+            where = out if folder == out or folder == out.parent else folder
+            raise UsageError(f"{where}: cannot write the output there ({error.strerror or error})") from None
 
 
 def _plan_outputs(inputs: list[tuple[Path, Path]], out: Path, single_file: bool) -> list[tuple[Path, Path]]:
@@ -149,10 +177,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling_options(args: argparse.Namespace) -> dict:
+    return dict(steps=args.steps, time_power=args.time_power, y_mode=args.y_mode,
+                sampling="paper" if args.paper_sampling else None)
+
+
+class _ImageProgress:
+    """A progress bar inside one image, by tile and Euler step, shown once the image has taken
+    ``delay`` seconds (so quick restores print nothing)."""
+
+    #: Seconds an image must take before its bar appears.
+    DELAY_S = 2.0
+
+    def __init__(self, name: str, enabled: bool, position: int):
+        self.name, self.enabled, self.position = name, enabled, position
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.name, unit="step", delay=self.DELAY_S, leave=False,
+                            position=self.position, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore files, folders (mirrored under OUT) and globs; one bad file is reported and the rest
-    proceed (exit 1 if any failed). Under torchrun each rank restores its share of the inputs."""
-    from PIL import Image
+    proceed (exit 1 if any failed). Everything that can be checked before restoring is: the model,
+    the inputs, the outputs' names and that their folders can be written. Under torchrun each rank
+    restores its share of the inputs."""
     from tqdm import tqdm
 
     from .imageio import save_image
@@ -160,35 +220,50 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .restore import Restorer, RestoreError
 
     try:
-        restorer = Restorer(args.model, steps=args.steps, device=args.device, dtype=args.dtype, tile=args.tile,
-                            overlap=args.overlap)
+        restorer = Restorer(args.model, device=args.device, dtype=args.dtype, tile=args.tile, overlap=args.overlap,
+                            fused_conv=args.fused_conv, max_memory=args.max_memory, **_sampling_options(args))
     except ModelNotInstalledError:
         raise UsageError("--model is required until the embedded default model ships: give a weights file, a "
                          "checkpoint folder or a run folder (see `resflow train` or `resflow demo`)") from None
-    inputs = _collect_inputs(args.inputs, args.recursive)
+    inputs, skipped_folders = _collect_inputs(args.inputs, args.recursive)
     out = Path(args.output)
-    single_file = (len(args.inputs) == 1 and len(inputs) == 1 and Path(args.inputs[0]).is_file()
-                   and not out.is_dir() and out.suffix.lower() in Image.registered_extensions())
+    single_file = _output_is_a_file(out)
+    if single_file and not (len(args.inputs) == 1 and len(inputs) == 1 and Path(args.inputs[0]).is_file()):
+        given = f"{len(inputs)} images" if len(inputs) != 1 else "a folder or pattern"
+        raise UsageError(f"-o {out} names one file, but {given} were given; give a folder for several inputs")
     plan = _plan_outputs(inputs, out, single_file)
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     shard = plan[rank::world]  # every rank lists the same inputs in the same order: no communication needed
-    restored = skipped = failed = 0
-    bar = tqdm(shard, unit="image", disable=args.quiet, desc=f"rank {rank}" if world > 1 else "restore")
-    for src, dst in bar:
-        if dst.exists() and not args.overwrite:
-            skipped += 1
-            continue
+    todo = [(src, dst) for src, dst in shard if args.overwrite or not dst.exists()]
+    _check_writable({dst.parent for _, dst in todo} | ({out} if not single_file else set()), out)
+
+    restored, skipped, failed = 0, len(shard) - len(todo), 0
+    several = len(todo) > 1
+    bar = tqdm(total=len(todo), unit="image", disable=args.quiet or not several, dynamic_ncols=True,
+               desc=f"rank {rank}" if world > 1 else "restore")
+    for src, dst in todo:
+        inner = _ImageProgress(src.name, not args.quiet, position=1 if several else 0)
         try:
-            save_image(restorer.restore(src, seed=args.seed), dst)
+            save_image(restorer.restore(src, seed=args.seed, progress=inner), dst)
             restored += 1
+            bar.update(1)  # the bar counts images restored: a failed one never moves it to 100%
         except (ValueError, OSError, RestoreError) as error:  # one bad file is reported, the rest proceed
             failed += 1
+            bar.set_postfix_str(f"{failed} failed")
             reason = str(error) if str(src) in str(error) else f"{src}: {error}"
             tqdm.write(f"resflow: error: {reason}", file=sys.stderr)
+        finally:
+            inner.close()
+    bar.close()
     where = f"rank {rank}/{world}: " if world > 1 else ""
-    note = f", {skipped} skipped (output exists; --overwrite to redo)" if skipped else ""
-    print(f"{where}restored {restored} of {len(shard)} to {out}{note}" + (f", {failed} failed" if failed else ""))
+    notes = [f"{skipped} skipped (output exists; --overwrite to redo)"] if skipped else []
+    if failed:
+        notes.append(f"{failed} failed")
+    if skipped_folders:
+        notes.append(f"{skipped_folders} sub-folder{'s' if skipped_folders > 1 else ''} not searched (-r to include)")
+    summary = f"{where}restored {restored} of {len(shard)} to {out}" + "".join(f", {n}" for n in notes)
+    print(summary)
     return 1 if failed else 0
 
 
@@ -260,7 +335,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .reference.schedule import SCHEDULES
     from .reference.unet import PRESETS
-    from .restore import DEFAULT_OVERLAP
+    from .restore import DEFAULT_OVERLAP, DEFAULT_TILE
 
     parser = argparse.ArgumentParser(prog="resflow", description="ResFlow image restoration")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("restore", help="restore image files, folders or globs",
                        description="Restore images. Outputs keep each input's format, mode and bit depth; "
-                                   "folders are mirrored under OUT; existing outputs are skipped.")
+                                   "folders are mirrored under OUT; existing outputs are skipped. The outputs' "
+                                   "folders are checked before any restoring.")
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or (quoted) glob patterns")
     r.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (created if needed), or a file name for a single input file")
@@ -317,18 +393,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="default",
                    help=f"embedded model ({', '.join(EMBEDDED_MODELS)}: docs/MODEL_CARD.md), weights file, "
                         "checkpoint folder or run folder (default: %(default)s)")
-    r.add_argument("--steps", type=int, default=4)
+    r.add_argument("--steps", type=int, help="Euler steps (default: the model's recorded setting, else 4)")
+    r.add_argument("--time-power", dest="time_power", type=float,
+                   help="time grid t_k = (1 - k/N)^P (default: the model's recorded setting, else 1, uniform)")
+    r.add_argument("--y-mode", dest="y_mode", choices=["joint", "exact"],
+                   help="how y moves (default: the model's recorded setting, else joint)")
+    r.add_argument("--paper-sampling", dest="paper_sampling", action="store_true",
+                   help="the paper's sampler (4 uniform steps, joint y) instead of the model's recorded settings")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="activation precision (auto: bf16 on GPUs that have it, fp32 on the CPU)")
     r.add_argument("--fp32", dest="dtype", action="store_const", const="fp32", help="same as --dtype fp32")
+    r.add_argument("--fused-conv", dest="fused_conv", choices=["off", "on", "auto"],
+                   help="GPU only: run the ResBlock convs as fused Triton convs (default: $RESFLOW_FUSED_CONV, else off)")
+    r.add_argument("--max-memory", dest="max_memory", metavar="SIZE",
+                   help="memory budget such as 4GB or 512MB (default: half the free memory); "
+                        "the restore tiles to stay inside it")
     r.add_argument("--tile", type=_tile_arg, default="auto",
-                   help="largest tile side in pixels, 'auto' (from free memory) or 'off'")
+                   help=f"largest tile side in pixels, 'auto' (tiles of at most {DEFAULT_TILE} px, smaller if the "
+                        "memory budget says so) or 'off' (one piece: attention over the whole image)")
     r.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="pixels shared by neighbouring tiles")
     r.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders (and ** in globs)")
     r.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_restore)
 
     e = sub.add_parser("export", help="write an inference-only weights file from a training checkpoint")

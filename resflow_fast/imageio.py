@@ -22,7 +22,13 @@ Pillow modes, in and out (the output mode is the input mode unless the table say
     CMYK, YCbCr, LAB, HSV   restored in RGB, converted back to the source mode
     anything else     converted to RGB(A) and returned in that mode
 
-Pillow decodes 16-bit-per-channel colour PNG/TIFF to 8 bits itself, so only grey keeps 16 bits.
+16 bits per channel stay 16 bits in PNG and TIFF files, grey or colour, with alpha or without.
+Pillow holds 16-bit grey (I;16) but decodes 16-bit colour and grey + alpha to 8 bits, so such
+files are read and written with pypng (PNG) and tifffile (TIFF) instead, as a
+:class:`DeepImage` (an (H, W, C) uint16 array with the file's format and ICC profile), and come
+back as one. tifffile reads uncompressed and Deflate-compressed TIFFs by itself; LZW, PackBits and
+JPEG-compressed ones need the ``imagecodecs`` package, and without it such a file is refused with
+that hint rather than quietly read at 8 bits.
 Of a multi-frame file (animated GIF, multi-page TIFF) the first frame is restored.
 
 Grey goes through the RGB model as three equal channels; the mean of the three restored channels
@@ -32,10 +38,12 @@ Errors are :class:`ResflowInputError` (a ``ValueError``) and name the file or th
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +54,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .reference.checkpoint import atomic_write_bytes
 
-__all__ = ["ResflowInputError", "Layout", "open_image", "save_image", "split_image", "output_format"]
+__all__ = ["ResflowInputError", "Layout", "DeepImage", "open_image", "read_image", "save_image", "split_image",
+           "output_format"]
 
 #: Float inputs may overshoot [0, 1] by this much (rounding in earlier processing) and are clipped;
 #: anything further out is refused, since it usually means 0..255 data passed as float.
@@ -67,6 +76,32 @@ _VIA_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")
 
 class ResflowInputError(ValueError):
     """An image, array or path that cannot be restored; the message names it and says why."""
+
+
+@dataclass
+class DeepImage:
+    """A 16-bit-per-channel image Pillow cannot hold: grey + alpha, RGB or RGBA, from a PNG or TIFF file.
+
+    ``pixels`` is (H, W, C) uint16 with C = 2 (grey, alpha), 3 (RGB) or 4 (RGBA), full scale 65535;
+    ``format`` is "PNG" or "TIFF"; ``info`` may hold the ICC profile ("icc_profile", raw bytes).
+    ``np.asarray(image)`` gives the pixels.
+    """
+
+    pixels: np.ndarray
+    format: str = "PNG"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as Pillow says it."""
+        return self.pixels.shape[1], self.pixels.shape[0]
+
+    @property
+    def mode(self) -> str:
+        return {2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}[self.pixels.shape[2]]
+
+    def __array__(self, dtype=None, copy=None):
+        return self.pixels if dtype is None else self.pixels.astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,6 +153,135 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     return upright
 
 
+# -- 16-bit colour: pypng and tifffile ----------------------------------------------------------
+def _deep_kind(path: Path) -> str | None:
+    """"PNG" or "TIFF" when ``path`` holds 16-bit samples Pillow would cut to 8 bits, else None."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        bit_depth, colour_type = head[24], head[25]
+        return "PNG" if bit_depth == 16 and colour_type in (2, 4, 6) else None
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                bits, samples = page.bitspersample, page.samplesperpixel
+        except Exception:  # noqa: BLE001 - whatever tifffile calls a bad file, open_image reports it
+            return None
+        return "TIFF" if bits == 16 and samples >= 2 else None
+    return None
+
+
+def _orientation(path: Path) -> int:
+    with Image.open(path) as image:
+        return int(image.getexif().get(0x0112, 1) or 1)
+
+
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """``pixels`` (H, W, C) turned as ``ImageOps.exif_transpose`` turns an image with this EXIF orientation."""
+    turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+             8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(turns[orientation](pixels) if orientation in turns else pixels)
+
+
+def _read_png16(path: Path) -> DeepImage:
+    import png
+
+    reader = png.Reader(filename=str(path))
+    width, height, rows, meta = reader.asDirect()
+    pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, meta["planes"])
+    info = {}
+    for kind, data in png.Reader(filename=str(path)).chunks():
+        if kind == b"iCCP":  # name, NUL, compression method 0, zlib stream
+            with contextlib.suppress(zlib.error, ValueError):
+                info["icc_profile"] = zlib.decompress(data[data.index(b"\x00") + 2:])
+        if kind == b"IDAT":
+            break
+    return DeepImage(_upright(pixels, _orientation(path)), "PNG", info)
+
+
+def _read_tiff16(path: Path) -> DeepImage:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        try:
+            pixels = page.asarray()
+        except (KeyError, ValueError, ImportError) as error:
+            if "imagecodecs" in str(error):
+                raise ResflowInputError(
+                    f"{path}: a 16-bit {page.compression.name}-compressed TIFF needs the imagecodecs package to be "
+                    "read at 16 bits (pip install imagecodecs)") from None
+            raise
+        axes = page.axes
+        icc = page.tags.get(34675)
+        info = {"icc_profile": bytes(icc.value)} if icc is not None else {}
+        orientation = page.tags.get(274)
+        orientation = int(orientation.value) if orientation is not None else 1
+    if axes.startswith("S"):  # planar configuration: samples first
+        pixels = np.moveaxis(pixels, 0, -1)
+    if pixels.ndim != 3 or pixels.shape[2] not in (2, 3, 4) or pixels.dtype != np.uint16:
+        raise ResflowInputError(f"{path}: a TIFF of {pixels.dtype} samples shaped {pixels.shape} ({axes}) is not a "
+                                "16-bit grey + alpha, RGB or RGBA image")
+    return DeepImage(_upright(pixels, orientation), "TIFF", info)
+
+
+def read_image(path: str | os.PathLike) -> Image.Image | DeepImage:
+    """Decode an image file fully and upright: a PIL image (:func:`open_image`), or a
+    :class:`DeepImage` for 16-bit colour or grey + alpha PNG and TIFF files, which Pillow cuts to 8 bits."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return open_image(path)  # it says what is wrong
+    kind = _deep_kind(path)
+    if kind is None:
+        return open_image(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = _read_png16(path) if kind == "PNG" else _read_tiff16(path)
+    except ResflowInputError:
+        raise
+    except Exception as error:  # a corrupt file, whatever the decoder calls it
+        raise ResflowInputError(f"{path}: truncated or corrupt image file ({error})") from None
+    _check_size(image.size[0], image.size[1], str(path))
+    if image.size[0] * image.size[1] > (Image.MAX_IMAGE_PIXELS or float("inf")):
+        raise ResflowInputError(f"{path}: image too large: more than PIL.Image.MAX_IMAGE_PIXELS = "
+                                f"{Image.MAX_IMAGE_PIXELS} pixels (a decompression-bomb guard); raise that limit if "
+                                "you trust the file")
+    return image
+
+
+def _encode_deep(image: DeepImage, fmt: str, path: Path) -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.ascontiguousarray(image.pixels, dtype=np.uint16)
+    H, W, C = pixels.shape
+    icc = image.info.get("icc_profile")
+    if fmt == "PNG":
+        import png
+
+        writer = png.Writer(W, H, greyscale=C <= 2, alpha=C in (2, 4), bitdepth=16, compression=6)
+        writer.write_array(buffer, pixels.reshape(-1))
+        if not icc:
+            return buffer.getvalue()
+        chunks = list(png.Reader(bytes=buffer.getvalue()).chunks())
+        chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))  # right after IHDR
+        out = io.BytesIO()
+        png.write_chunks(out, chunks)
+        return out.getvalue()
+    if fmt == "TIFF":
+        import tifffile
+
+        tifffile.imwrite(buffer, pixels, photometric="rgb" if C >= 3 else "minisblack",
+                         extrasamples=(2,) if C in (2, 4) else None, compression="zlib",
+                         iccprofile=icc or None)
+        return buffer.getvalue()
+    raise ResflowInputError(f"{path}: a 16-bit {image.mode[:-3]} image can be written as .png or .tif, not as {fmt} "
+                            "(which would cut it to 8 bits)")
+
+
 def output_format(path: str | os.PathLike) -> str:
     """The Pillow format that writes ``path``'s extension; :class:`ResflowInputError` if none does."""
     path = Path(path)
@@ -128,8 +292,10 @@ def output_format(path: str | os.PathLike) -> str:
     return fmt
 
 
-def save_image(image: Image.Image, path: str | os.PathLike) -> None:
+def save_image(image: Image.Image | DeepImage, path: str | os.PathLike) -> None:
     """Encode ``image`` by ``path``'s extension (ICC profile, EXIF and dpi kept) and write it atomically.
+
+    A :class:`DeepImage` is written at 16 bits as PNG (pypng) or TIFF (tifffile, Deflate-compressed).
 
     The whole file is encoded in memory first, then written to a temporary file in the same
     folder, fsynced and renamed over ``path``: a failure at any point leaves the previous file
@@ -137,6 +303,9 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     fmt = output_format(path)
+    if isinstance(image, DeepImage):
+        atomic_write_bytes(path, _encode_deep(image, fmt, path))
+        return
     options = {k: image.info[k] for k in _KEPT_INFO if image.info.get(k)}
     options.update(_ENCODER_OPTIONS.get(fmt, {}))
     buffer = io.BytesIO()
@@ -183,7 +352,7 @@ def _channels_error(name: str, shape: tuple, layout: str) -> ResflowInputError:
 class Layout:
     """How an input was split, to rebuild the same kind of image from restored colour planes.
 
-    ``kind`` is "pil", "numpy" or "torch". ``alpha`` is the alpha channel exactly as it came in
+    ``kind`` is "pil", "deep" (a :class:`DeepImage`), "numpy" or "torch". ``alpha`` is the alpha channel exactly as it came in
     (a uint8 array for Pillow, the caller's own dtype for arrays and tensors), or None.
     """
 
@@ -198,16 +367,20 @@ class Layout:
 
     def rebuild(self, colour: torch.Tensor) -> Any:
         """``colour``: restored (C, H, W) float32 in [0, 1], C = 1 or 3 as split."""
-        return {"pil": _rebuild_pil, "numpy": _rebuild_numpy, "torch": _rebuild_torch}[self.kind](colour, self)
+        rebuild = {"pil": _rebuild_pil, "deep": _rebuild_deep, "numpy": _rebuild_numpy, "torch": _rebuild_torch}
+        return rebuild[self.kind](colour, self)
 
 
 def split_image(image: Any, name: str = "image") -> tuple[torch.Tensor, Layout]:
     """Split a path, PIL image, numpy array (HW/HWC) or torch tensor (CHW) into colour planes + layout.
 
-    A path is opened with :func:`open_image` and handled as the PIL image it decodes to.
+    A path is opened with :func:`read_image` and handled as the PIL image (or :class:`DeepImage`) it
+    decodes to.
     """
     if isinstance(image, (str, os.PathLike)):
-        return _split_pil(open_image(image), str(image))
+        image, name = read_image(image), str(image)
+    if isinstance(image, DeepImage):
+        return _split_deep(image, name)
     if isinstance(image, Image.Image):
         return _split_pil(image, name)
     if isinstance(image, np.ndarray):
@@ -255,9 +428,10 @@ def _split_pil(image: Image.Image, name: str) -> tuple[torch.Tensor, Layout]:
 
 
 def _quantise(colour: torch.Tensor, full_scale: int, dtype: np.dtype) -> np.ndarray:
-    """(C, H, W) [0, 1] -> HWC integers, rounded to nearest."""
+    """(C, H, W) [0, 1] -> HWC integers, rounded to nearest (one float temporary, however large the image)."""
     hwc = colour.detach().float().clamp(0.0, 1.0).permute(1, 2, 0).cpu().numpy()
-    return np.rint(hwc * full_scale).astype(dtype)
+    scaled = np.multiply(hwc, np.float32(full_scale), dtype=np.float32)
+    return np.rint(scaled, out=scaled).astype(dtype)
 
 
 def _rebuild_pil(colour: torch.Tensor, layout: Layout) -> Image.Image:
@@ -281,6 +455,21 @@ def _rebuild_pil(colour: torch.Tensor, layout: Layout) -> Image.Image:
             out = out.convert(mode)
     out.info.update(layout.info)
     return out
+
+
+# -- DeepImage ----------------------------------------------------------------------------------
+def _split_deep(image: DeepImage, name: str) -> tuple[torch.Tensor, Layout]:
+    pixels = np.asarray(image.pixels)
+    if pixels.ndim != 3 or pixels.shape[2] not in (2, 3, 4) or pixels.dtype != np.uint16:
+        raise ResflowInputError(f"{name}: a DeepImage holds (H, W, 2|3|4) uint16 pixels, got {pixels.dtype} "
+                                f"{pixels.shape}")
+    colour, layout = _split_numpy(pixels, name)
+    layout.kind, layout.mode, layout.info = "deep", image.format, dict(image.info)
+    return colour, layout
+
+
+def _rebuild_deep(colour: torch.Tensor, layout: Layout) -> DeepImage:
+    return DeepImage(_rebuild_numpy(colour, layout), layout.mode, dict(layout.info))
 
 
 # -- numpy --------------------------------------------------------------------------------------

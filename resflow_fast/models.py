@@ -11,6 +11,10 @@
 Loaded files are cached per (file, modification time, size, device), so a ``Restorer`` per image
 or repeated ``restore()`` calls do not re-read the weights, and a file rewritten by training is
 read again.
+
+A weights file may record the sampler settings its model restores best with (``resflow export
+--steps/--time-power/--y-mode``); :attr:`LoadedModel.sampling` holds them, or the paper's
+(:data:`~resflow_fast.reference.sampler.PAPER_SAMPLING`) where the file records none.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .reference.checkpoint import CheckpointError, load_model, resolve_weights_path
+from .reference.sampler import PAPER_SAMPLING, SamplingSettings
 from .reference.schedule import Schedule
 from .reference.unet import UNet
 
@@ -43,7 +48,7 @@ EMBEDDED_MODELS: dict[str, str] = {
 IMAGE_CHANNELS = 3
 
 _CACHE_SIZE = 4
-_cache: "OrderedDict[tuple, tuple[UNet, Schedule]]" = OrderedDict()
+_cache: "OrderedDict[tuple, tuple[UNet, Schedule, SamplingSettings]]" = OrderedDict()
 
 
 class ModelNotInstalledError(CheckpointError):
@@ -55,6 +60,7 @@ class LoadedModel:
     unet: UNet
     schedule: Schedule
     source: str  # for messages: the name, the file, or "module"
+    sampling: SamplingSettings = PAPER_SAMPLING  # the settings the weights file records, else the paper's
 
 
 def embedded_model_path(name: str) -> Path:
@@ -73,16 +79,20 @@ def _check_channels(unet: UNet, schedule: Schedule, source: str) -> None:
                               f"RGB ({IMAGE_CHANNELS}-channel) model")
 
 
-def _load_file(path: str | os.PathLike, device: torch.device) -> tuple[UNet, Schedule]:
+def _load_file(path: str | os.PathLike, device: torch.device) -> tuple[UNet, Schedule, SamplingSettings]:
     file = resolve_weights_path(path)
     stat = file.stat()
     key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
-    unet, schedule, _ = load_model(file)
+    unet, schedule, record = load_model(file)
     _check_channels(unet, schedule, str(file))
-    _cache[key] = (unet.to(device).eval(), schedule)
+    try:
+        sampling = SamplingSettings.from_record(record)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{file}: its recorded sampling settings are invalid ({error})") from None
+    _cache[key] = (unet.to(device).eval(), schedule, sampling)
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return _cache[key]
@@ -119,8 +129,10 @@ def resolve_model(model: str | os.PathLike | torch.nn.Module, device: torch.devi
                 f"the embedded {text!r} model is not installed ({path} is missing); pass a checkpoint instead "
                 "(model='path/to/weights.safetensors' or a training run folder; `resflow train` or "
                 "`resflow demo` makes one)")
-        return LoadedModel(*_load_file(path, device), text)
+        unet, schedule, sampling = _load_file(path, device)
+        return LoadedModel(unet, schedule, text, sampling)
     if _looks_like_name(text) and not Path(text).exists():
         raise CheckpointError(f"unknown model {text!r}: not an embedded model name "
                               f"(known: {', '.join(EMBEDDED_MODELS)}) and no such file or folder")
-    return LoadedModel(*_load_file(text, device), text)
+    unet, schedule, sampling = _load_file(text, device)
+    return LoadedModel(unet, schedule, text, sampling)

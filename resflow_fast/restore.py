@@ -1,43 +1,59 @@
-"""``restore()`` and ``Restorer``: any image in, the restored image out, at any size.
+"""``restore()`` and ``Restorer``: any image in, the restored image out, at any size, within a memory budget.
 
-One restore (architecture.md, "One restore, as data"):
+One restore (docs/design/architecture.md, "One restore, as data"):
 
     split (imageio.py) -> grey repeated to RGB -> [0, 1] to the model range [-1, 1]
     -> eps ~ N(0, I) drawn ONCE for the whole image from the seed
-    -> tiles (or one tile), each: ResFlowSampler(lq_tile, eps_tile) -> blended with a smooth window
+    -> tiles (or one tile), each: Euler sampler(lq_tile, eps_tile) -> blended with a smooth window
     -> back to [0, 1] -> grey as the mean of R, G, B -> rebuilt as the caller's kind (imageio.py)
 
-**Tiling.** An image with more pixels than fit in free memory (:func:`max_tile_pixels`) is
-restored in overlapping square tiles whose starts are multiples of the network's multiple (so
-every tile sees the same down-sampling grid as the whole image would). Tiles are cross-faded
-over their overlaps with complementary raised-cosine windows, which sum to one, so there is no
-seam and no brightness change. Each tile is reflect-padded and cropped exactly as a whole image
-would be (the sampler and the U-Net do it).
+**Tiles, and what attention sees.** The U-Net has self-attention at 1/8 resolution and in its
+middle; over a whole image its cost grows with the square of the pixel count. By default
+(``tile="auto"``) an image is restored in overlapping square tiles of at most
+:data:`DEFAULT_TILE` pixels a side, so attention sees a region close to the crops the embedded
+models were trained on (64-128 px), the time grows linearly with the pixel count and the memory
+of one tile is fixed. BENCHMARKS.md, "CPU restore", has the measurement this default comes from
+(PSNR, time and peak memory of whole-image attention against tiles of several sizes).
+``tile=None`` restores the image in one piece (attention over all of it) when that fits the
+memory budget, and refuses before any work when it does not.
 
-**GroupNorm statistics are per tile**: each tile is normalised over its own pixels, not the
-whole image's (gathering them over the whole image first would need every layer run over every
-tile in lock-step). So a tiled result is not bit-identical to an untiled one; the windows hide
-the difference at tile borders. Measured PSNR of tiled against untiled (CPU, fp32):
+Tile starts are multiples of the network's multiple (every tile sees the same down-sampling grid
+as the whole image would). Tiles are cross-faded over their overlaps with complementary
+raised-cosine windows, which sum to one, so there is no seam and no brightness change; each tile
+is reflect-padded and cropped exactly as a whole image would be. **GroupNorm statistics are per
+tile** (each tile is normalised over its own pixels), so a tiled result is not bit-identical to an
+untiled one; the windows hide the difference at tile borders.
 
-* random-weight test-preset U-Net of tests/resflow_fast/test_restore.py (it changes the image by
-  26 dB), 96x80 noisy image, 2 steps: 45.6 dB with 48-px tiles, 46.8 dB between 48- and 64-px tiles;
-* the test-preset model of ``resflow demo`` (119 training steps, noise sigma 25), 4 steps:
-  43.3 dB on 128x128 with 64-px tiles, 40.3 dB on 256x256 with 128-px tiles.
-
-Agreement grows with the tile: "auto" tiles only images larger than free memory holds (millions of
-pixels), so tiles in practice are far larger than these.
+**Memory budget.** ``max_memory`` (bytes, or a string such as "4GB"; default: half of the memory
+free now, ``MemAvailable`` on Linux or the free GPU memory) bounds everything the restore
+allocates on the device it runs on: the image-sized buffers (the input planes, the model-range
+copy, the auxiliary noise, the blended output and its weights) and one tile's working set (every
+activation kept for a skip connection, a decoder block's temporaries, the fp32 sampler state and
+the attention score matrix, counted as if held whole). :meth:`Restorer.plan` shows the decision
+before any work; a restore that cannot fit even with :data:`MIN_TILE`-pixel tiles is refused
+with the numbers (:class:`MemoryBudgetError`). On a GPU the image-sized buffers stay with the
+input (usually the CPU) and the budget bounds the GPU's share.
 
 **The seed decides the result whatever the tiling**: the auxiliary noise y is drawn once for the
 full image with :func:`~resflow_fast.reference.sampler.auxiliary_noise` and sliced per tile.
 Untiled, this is exactly the noise the reference sampler draws itself for that seed.
 
-**Precision.** ``dtype="auto"`` is bf16 on GPUs that have it (fp16 on older ones) and fp32 on
-the CPU; "fp32", "bf16" and "fp16" can be chosen (on the CPU reduced precision runs the
-reference under ``torch.autocast``). The ODE state stays fp32 either way. A tile whose output is
-not finite in reduced precision is redone in fp32 (with a warning); a non-finite output is never
-returned.
+**Sampling settings** (steps, time grid, y update) come from the model's weights file where it
+records them (:attr:`~resflow_fast.models.LoadedModel.sampling`), else the paper's;
+``sampling="paper"`` asks for the paper's, and ``steps``, ``time_power`` and ``y_mode`` override
+single fields.
 
-**Out of memory.** On ``torch.cuda.OutOfMemoryError``, and only on it, the image is restored
+**Precision and speed.** ``dtype="auto"`` is bf16 on GPUs that have it (fp16 on older ones) and
+fp32 on the CPU; "fp32", "bf16" and "fp16" can be chosen (on the CPU reduced precision runs the
+reference under ``torch.autocast``). The ODE state stays fp32 either way. On the CPU the network
+input is given channels-last, which oneDNN's convolutions run faster and which lets attention use
+its flash kernel. A tile whose output is not finite in reduced precision is redone in fp32 (with a
+warning); a non-finite output is never returned.
+
+**Progress.** ``progress(done, total)`` is called after every Euler step of every tile on the CPU
+(after every tile on a GPU, where the steps run as one fused sequence).
+
+**Out of GPU memory** (``torch.cuda.OutOfMemoryError``, and only it), the image is restored
 again with tiles of half the area, down to :data:`MIN_TILE` pixels a side.
 """
 from __future__ import annotations
@@ -46,36 +62,54 @@ import contextlib
 import math
 import numbers
 import os
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .imageio import split_image
 from .models import LoadedModel, resolve_model
-from .reference.sampler import auxiliary_noise
+from .reference.sampler import PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample
 from .reference.schedule import Schedule
 from .reference.unet import UNetConfig
 from .sampler import ResFlowSampler, default_dtype
 
-__all__ = ["restore", "Restorer", "RestoreError", "max_tile_pixels", "tile_spans", "blend_windows"]
+__all__ = ["restore", "Restorer", "RestoreError", "MemoryBudgetError", "RestorePlan", "parse_memory",
+           "max_tile_pixels", "tile_spans", "blend_windows"]
 
+#: Largest tile side of ``tile="auto"``, in pixels: attention sees at most this square
+#: (chosen by measurement: BENCHMARKS.md, "CPU restore").
+DEFAULT_TILE = 256
 #: Default overlap between neighbouring tiles, in pixels (clamped to a quarter of the tile side).
 DEFAULT_OVERLAP = 32
-#: Smallest tile side the out-of-memory retries go down to.
+#: Smallest tile side the memory budget and the out-of-memory retries go down to.
 MIN_TILE = 64
-#: Share of free memory a tile may use; the rest absorbs allocator fragmentation and the estimate's error.
+#: Share of free memory the default budget takes; the rest is left to the system and other programs.
 MEMORY_FRACTION = 0.5
 #: Used when free CPU memory cannot be read (no /proc/meminfo).
 FALLBACK_CPU_MEMORY = 4 << 30
+#: Bytes per pixel of the image-sized buffers: fp32 input planes, model-range copy, auxiliary
+#: noise and blended output (3 channels each), the blend weights (1), and the fp32 copy the
+#: result is rebuilt from (3).
+IMAGE_BYTES_PER_PIXEL = 4 * (3 + 3 + 3 + 3 + 1 + 3)
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 
+_MEMORY_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+                 "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40,
+                 "TIB": 1 << 40}
+
 
 class RestoreError(RuntimeError):
     """A restore that cannot finish: out of memory at the smallest tile, or a model giving NaN/Inf in fp32."""
+
+
+class MemoryBudgetError(RestoreError):
+    """A restore that cannot fit the memory budget; raised before any work, with the numbers."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,22 +170,68 @@ def configure_cpu_threads() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# how big a tile may be
+# memory: the budget, and what a tile and the image need
 # ----------------------------------------------------------------------------------------------
+def parse_memory(value: int | str | None) -> int | None:
+    """``max_memory``: None or "auto" (from free memory), a number of bytes, or a string such as
+    "4GB", "4G", "4GiB" (all 4 x 1024^3 bytes), "512MB", "1.5G"."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    elif isinstance(value, str) and (match := re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)):
+        number, unit = float(match.group(1)), match.group(2).upper()
+    else:
+        number, unit = -1.0, "?"
+    if unit not in _MEMORY_UNITS or number <= 0:
+        raise ValueError(f"max_memory: expected a size such as '4GB', '512MB' or a number of bytes, got {value!r}")
+    return int(number * _MEMORY_UNITS[unit])
+
+
+def format_bytes(count: float) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{int(count)} B"
+
+
 def bytes_per_pixel(config: UNetConfig, dtype: torch.dtype) -> float:
-    """Estimated peak memory of one sampler step per image pixel (inference, batch 1).
+    """Estimated peak memory of one sampler step per tile pixel, attention aside (inference, batch 1).
 
     Live at the peak: every encoder activation kept for a skip connection, plus a decoder ResBlock
     at full resolution (its concatenated input and a few temporaries of that size, the GroupNorms'
-    fp32 copies included), plus the fp32 sampler state. Attention is ignored: scaled-dot-product
-    attention does not hold the (HW x HW) matrix.
+    fp32 copies included), plus the fp32 sampler state, times a margin for the allocator
+    (measured peaks are in BENCHMARKS.md, "CPU restore").
     """
     size = torch.tensor([], dtype=dtype).element_size()
     ch = config.base_channels
     skips = sum((config.num_res_blocks + 1) * ch * m / 4 ** level for level, m in enumerate(config.channel_mult))
     decoder_block = 6 * 2 * ch * config.channel_mult[0]
     state = 12 * config.in_channels * 4
-    return (skips + decoder_block) * max(size, 4) + state
+    return 1.5 * ((skips + decoder_block) * max(size, 4) + state)
+
+
+def attention_bytes(config: UNetConfig, height: int, width: int) -> int:
+    """The largest attention score matrix of one forward on a (height, width) tile, in fp32 bytes,
+    counted three times (scores, their softmax and a mask, as the math path of
+    ``scaled_dot_product_attention`` holds them): it grows with the square of the tile's pixels."""
+    levels = len(config.channel_mult)
+    deepest = 2 ** (levels - 1)
+    places = {ds for ds in config.attention_downsample if ds <= deepest} | ({deepest} if config.middle_attention else set())
+    largest = 0
+    for ds in places:
+        level = int(math.log2(ds))
+        heads = config.base_channels * config.channel_mult[min(level, levels - 1)] // config.head_channels
+        tokens = math.ceil(height / ds) * math.ceil(width / ds)
+        largest = max(largest, 3 * heads * tokens * tokens * 4)
+    return largest
+
+
+def tile_memory_bytes(config: UNetConfig, height: int, width: int, dtype: torch.dtype) -> int:
+    """Peak working memory of restoring one (height, width) tile: activations and state, attention."""
+    multiple = config.multiple
+    h, w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    return int(bytes_per_pixel(config, dtype) * h * w + attention_bytes(config, h, w))
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -167,8 +247,35 @@ def free_memory_bytes(device: torch.device) -> int:
 
 
 def max_tile_pixels(config: UNetConfig, device: torch.device, dtype: torch.dtype) -> int:
-    """The most pixels one tile may have on ``device`` now."""
-    return int(free_memory_bytes(device) * MEMORY_FRACTION / bytes_per_pixel(config, dtype))
+    """The most pixels one square tile may have on ``device`` with the default budget, now."""
+    budget = free_memory_bytes(device) * MEMORY_FRACTION
+    side = MIN_TILE
+    while tile_memory_bytes(config, 2 * side, 2 * side, dtype) <= budget and side < 1 << 16:
+        side *= 2
+    return side * side
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """How an image will be restored: tile side, tiles, and the memory it needs against the budget."""
+
+    height: int
+    width: int
+    tile_side: int
+    rows: list[tuple[int, int]]
+    cols: list[tuple[int, int]]
+    budget_bytes: int
+    image_bytes: int  # image-sized buffers counted against the budget (0 when they live elsewhere)
+    tile_bytes: int  # one tile's working set
+    weight_bytes: int  # the model's parameters
+
+    @property
+    def tiles(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def needed_bytes(self) -> int:
+        return self.image_bytes + self.tile_bytes + self.weight_bytes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,11 +284,23 @@ def max_tile_pixels(config: UNetConfig, device: torch.device, dtype: torch.dtype
 def tile_spans(length: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int]]:
     """(start, stop) of tiles covering [0, length): at most ``tile`` long, neighbours overlapping by
     at least ``overlap``, starts on multiples of ``multiple``, spread evenly; the last tile ends at
-    ``length`` (and may be a little shorter, like a whole image it is padded by the sampler)."""
+    ``length`` (and may be a little shorter, like a whole image it is padded by the sampler).
+
+    Tiles are made no longer than the fewest tiles that cover the line need, so no work is spent
+    on overlap beyond ``overlap`` (375 px in 256-px tiles: two of 208, not two of 256)."""
     if length <= tile:
         return [(0, length)]
+
+    def count_of(side: int) -> int:
+        return math.ceil((length - side) / max(multiple, (side - overlap) // multiple * multiple)) + 1
+
+    fewest = count_of(tile)
+    fitted = math.ceil((length + (fewest - 1) * overlap) / fewest / multiple) * multiple
+    while fitted < tile and count_of(fitted) > fewest:  # strides on the grid may need a little more
+        fitted += multiple
+    tile = min(tile, fitted)
     widest_stride = max(multiple, (tile - overlap) // multiple * multiple)
-    count = math.ceil((length - tile) / widest_stride) + 1
+    count = count_of(tile)
     stride = math.ceil((length - tile) / (count - 1) / multiple) * multiple  # <= widest_stride: spread evenly
     spans, start = [], 0
     while True:
@@ -229,6 +348,37 @@ def _eval_mode(module: torch.nn.Module):
         module.train(was_training)
 
 
+class _StepCounted:
+    """The velocity field the CPU sampler calls: the U-Net on a channels-last input, and a tick per step."""
+
+    def __init__(self, unet: torch.nn.Module, tick: Callable[[int], None]):
+        self.unet, self.tick, self.multiple = unet, tick, unet.multiple
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = self.unet(z.contiguous(memory_format=torch.channels_last), t)
+        self.tick(1)
+        return v
+
+
+def resolve_sampling(model_sampling: SamplingSettings, sampling: str | SamplingSettings | None,
+                     steps: int | None, time_power: float | None, y_mode: str | None) -> SamplingSettings:
+    """The settings a restore runs with: the model's recorded ones (``sampling`` None or "model"),
+    the paper's (``"paper"``) or the given :class:`SamplingSettings`, then each of ``steps``,
+    ``time_power``, ``y_mode`` that is not None replacing its field."""
+    if sampling in (None, "model"):
+        base = model_sampling
+    elif sampling == "paper":
+        base = PAPER_SAMPLING
+    elif isinstance(sampling, SamplingSettings):
+        base = sampling
+    else:
+        raise ValueError(f"sampling: expected None/'model' (the model's recorded settings), 'paper' or a "
+                         f"SamplingSettings, got {sampling!r}")
+    fields = base.to_dict()
+    fields.update({k: v for k, v in (("steps", steps), ("time_power", time_power), ("y_mode", y_mode)) if v is not None})
+    return SamplingSettings(**fields)
+
+
 class Restorer:
     """A model loaded once, to restore many images.
 
@@ -237,36 +387,56 @@ class Restorer:
             training run folder), or a reference ``UNet`` module (its current weights are used in
             place; it stays on its own device unless ``device`` names another, where it is moved
             as ``module.to`` would).
-        steps: Euler steps (4 in the paper).
+        steps: Euler steps; None: the model's recorded default (else the paper's 4).
         device: "auto" (CUDA when available, else the CPU), "cpu", "cuda", "cuda:N" or a torch.device.
         dtype: "auto" (bf16 on GPUs that have it, fp32 on the CPU), "fp32", "bf16" or "fp16".
-        tile: "auto" (tile only above what free memory holds), an int (the largest tile side in
-            pixels), or None / 0 (never tile).
+        tile: "auto" (tiles of at most :data:`DEFAULT_TILE` px, smaller if the budget says so), an
+            int (the largest tile side in pixels), or None / 0 (one piece: attention sees the whole
+            image; refused before any work if it does not fit the budget).
         overlap: pixels shared by neighbouring tiles (at most a quarter of the tile side is used).
         schedule: with a module, the schedule it was trained with (default entropy-preserving).
-        y_mode: "joint" or "exact" (see :func:`~resflow_fast.reference.sampler.euler_sample`).
+        y_mode: "joint" or "exact" (see :func:`~resflow_fast.reference.sampler.euler_sample`);
+            None: the model's recorded default.
+        time_power: the time grid ``t_k = (1 - k/N) ** time_power``; None: the model's recorded default.
+        sampling: None or "model" (the settings the weights file records), "paper" (the paper's:
+            4 uniform steps, joint y), or a :class:`~resflow_fast.reference.sampler.SamplingSettings`;
+            ``steps``, ``time_power`` and ``y_mode`` override its fields.
+        fused_conv: the GPU fast path's fused-conv policy, "off", "on" or "auto"
+            (:mod:`resflow_fast.conv_dispatch`); None: ``$RESFLOW_FUSED_CONV``, else "off". The CPU
+            path runs the reference convolutions whatever it says.
+        max_memory: the memory budget, bytes or a string such as "4GB"; None: half the free memory.
     """
 
-    def __init__(self, model: str | os.PathLike | torch.nn.Module = "default", steps: int = 4,
+    def __init__(self, model: str | os.PathLike | torch.nn.Module = "default", steps: int | None = None,
                  device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                  tile: int | str | None = "auto", overlap: int = DEFAULT_OVERLAP,
-                 schedule: Schedule | None = None, y_mode: str = "joint"):
+                 schedule: Schedule | None = None, y_mode: str | None = None, *, time_power: float | None = None,
+                 sampling: str | SamplingSettings | None = None, fused_conv: str | None = None,
+                 max_memory: int | str | None = None):
         self.device = resolve_device(device, model)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tile = self._check_tile(tile)
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
             raise ValueError(f"overlap: must be a non-negative number of pixels, got {overlap!r}")
         self.overlap = overlap
+        self.max_memory = parse_memory(max_memory)
         if self.device.type == "cpu":
             configure_cpu_threads()
         self.model: LoadedModel = resolve_model(model, self.device, schedule)
+        self.sampling = resolve_sampling(self.model.sampling, sampling, steps, time_power, y_mode)
+        self.steps = self.sampling.steps
         self.multiple = self.model.unet.multiple
-        self.steps = steps
-        self._samplers = {dt: ResFlowSampler(self.model.unet, self.model.schedule, steps=steps, dtype=dt, y_mode=y_mode)
+        # The GPU fast path; built now so that a bad fused_conv policy fails here, not on the first image.
+        self._samplers = {dt: ResFlowSampler(self.model.unet, self.model.schedule, steps=self.sampling.steps, dtype=dt,
+                                             y_mode=self.sampling.y_mode, time_power=self.sampling.time_power,
+                                             fused_conv=fused_conv)
                           for dt in {self.dtype, torch.float32}}
+        self._weight_bytes = sum(p.numel() * p.element_size() for p in self.model.unet.parameters())
+        self._tick: Callable[[int], None] = lambda n: None
         # How the last image was cut: the tile side, and the (start, stop) rows and columns of its tiles.
         self.last_tile_side: int | None = None
         self.last_spans: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None
+        self.last_plan: RestorePlan | None = None
 
     @staticmethod
     def _check_tile(tile: int | str | None) -> int | str | None:
@@ -278,85 +448,134 @@ class Restorer:
 
     # -- public ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def restore(self, image: Any, seed: int = 0) -> Any:
+    def restore(self, image: Any, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> Any:
         """Restore ``image`` and return it as the same kind, size, channel layout and bit depth.
 
-        ``image``: a path (read, turned upright by EXIF; a PIL image in the file's mode comes back,
-        nothing is written), a PIL image, a numpy array (HW or HWC; uint8, uint16 or float in
-        [0, 1]), a torch tensor (CHW or NCHW, float in [0, 1]; same dtype and device back), or a
-        list of any of these (a list back). Each image of a batch is restored with ``seed``, as if
-        it were restored alone.
+        ``image``: a path (read, turned upright by EXIF; the image comes back in the file's own
+        mode and bit depth - a PIL image, or an :class:`~resflow_fast.imageio.DeepImage` for
+        16-bit colour - and nothing is written), a PIL image, a numpy array (HW or HWC; uint8,
+        uint16 or float in [0, 1]), a torch tensor (CHW or NCHW, float in [0, 1]; same dtype and
+        device back), or a list of any of these (a list back). Each image of a batch is restored
+        with ``seed``, as if it were restored alone. ``progress(done, total)``, if given, is called
+        as the work of each image advances (Euler steps x tiles).
         """
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise ValueError(f"seed: must be an integer, got {seed!r}")
         seed = int(seed)
         if isinstance(image, (list, tuple)):
-            return [self._restore_one(item, seed, f"image[{i}]") for i, item in enumerate(image)]
+            return [self._restore_one(item, seed, f"image[{i}]", progress) for i, item in enumerate(image)]
         if isinstance(image, torch.Tensor) and image.ndim == 4:
-            return torch.stack([self._restore_one(item, seed, f"image[{i}]") for i, item in enumerate(image)])
-        return self._restore_one(image, seed, "image")
+            return torch.stack([self._restore_one(item, seed, f"image[{i}]", progress) for i, item in enumerate(image)])
+        return self._restore_one(image, seed, "image", progress)
+
+    def plan(self, height: int, width: int, image_device: torch.device | str = "cpu") -> RestorePlan:
+        """How a (height, width) image would be restored now: tile side and tiles, memory needed
+        and the budget. Raises :class:`MemoryBudgetError` when it cannot fit."""
+        image_device = torch.device(image_device)
+        budget = self.max_memory if self.max_memory is not None else int(free_memory_bytes(self.device) * MEMORY_FRACTION)
+        same_device = image_device.type == self.device.type
+        image_bytes = IMAGE_BYTES_PER_PIXEL * height * width if same_device else 0
+        config = self.model.unet.config
+
+        def tile_bytes(side: int) -> int:
+            return tile_memory_bytes(config, min(side, height), min(side, width), self.dtype)
+
+        def fits(side: int) -> bool:
+            return image_bytes + tile_bytes(side) + self._weight_bytes <= budget
+
+        if self.tile is None:
+            side = max(height, width)
+            if not fits(side):
+                need = image_bytes + tile_bytes(side) + self._weight_bytes
+                raise MemoryBudgetError(
+                    f"restoring {width}x{height} in one piece (tile=None) needs about {format_bytes(need)}, more than "
+                    f"the memory budget of {format_bytes(budget)}; let it tile (tile='auto') or raise max_memory")
+        else:
+            wanted = DEFAULT_TILE if self.tile == "auto" else self.tile
+            side = max(self.multiple, wanted // self.multiple * self.multiple)
+            while not fits(side) and side > MIN_TILE:
+                side = max(MIN_TILE, int(side / math.sqrt(2)) // self.multiple * self.multiple)
+            if not fits(side):
+                need = image_bytes + tile_bytes(side) + self._weight_bytes
+                raise MemoryBudgetError(
+                    f"restoring {width}x{height} needs about {format_bytes(need)} even with {side}-pixel tiles "
+                    f"({format_bytes(image_bytes)} for the image-sized buffers), more than the memory budget of "
+                    f"{format_bytes(budget)}; free some memory or raise max_memory")
+            if self.tile != "auto" and side < wanted // self.multiple * self.multiple:
+                warnings.warn(f"tile={self.tile} does not fit the memory budget of {format_bytes(budget)}; "
+                              f"using {side}-pixel tiles", RuntimeWarning)
+        overlap = min(self.overlap, side // 4)
+        rows, cols = tile_spans(height, side, overlap, self.multiple), tile_spans(width, side, overlap, self.multiple)
+        return RestorePlan(height, width, side, rows, cols, budget, image_bytes, tile_bytes(side), self._weight_bytes)
 
     @torch.no_grad()
-    def restore_planes(self, rgb01: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    def restore_planes(self, rgb01: torch.Tensor, seed: int = 0,
+                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """The core: (3, H, W) float in [0, 1] -> restored (3, H, W) float32 in [0, 1], same device."""
         H, W = rgb01.shape[-2:]
+        plan = self.plan(H, W, rgb01.device)  # refuses before any work when it cannot fit
         lq = rgb01.float()[None] * 2.0 - 1.0  # the model range (reference.data.to_model_range)
         # Drawn once for the whole image, so tiles only slice it and the seed alone decides y.
         eps = auxiliary_noise((1, 3, H, W), seed).to(lq.device) if self.model.schedule.has_auxiliary else None
-        side = self._first_tile_side(H, W)
+        side = plan.tile_side
         while True:
             try:
-                restored = self._restore_tiles(lq, eps, side)
+                restored = self._restore_tiles(lq, eps, side, progress)
                 break
             except torch.cuda.OutOfMemoryError:
                 if side <= MIN_TILE:
-                    raise RestoreError(f"out of GPU memory even with {side}x{side} tiles; use a smaller model "
-                                       "or --device cpu") from None
+                    raise RestoreError(f"out of GPU memory even with {side}x{side} tiles; use a smaller model, "
+                                       "a smaller max_memory, or --device cpu") from None
             # Outside the except block: the exception's traceback no longer pins the tile's tensors.
             torch.cuda.empty_cache()
             smaller = max(MIN_TILE, int(min(side, max(H, W)) / math.sqrt(2)) // self.multiple * self.multiple)
             warnings.warn(f"out of GPU memory with {side}-pixel tiles; retrying with {smaller}", RuntimeWarning)
             side = smaller
         self.last_tile_side = side
-        return ((restored[0] + 1.0) * 0.5).clamp(0.0, 1.0)
+        self.last_plan = plan
+        del lq, eps
+        return restored[0].add_(1.0).mul_(0.5).clamp_(0.0, 1.0)
 
     # -- one image -------------------------------------------------------------------------------
-    def _restore_one(self, image: Any, seed: int, name: str) -> Any:
+    def _restore_one(self, image: Any, seed: int, name: str, progress: Callable[[int, int], None] | None) -> Any:
         colour, layout = split_image(image, name)
         rgb = colour.expand(3, -1, -1) if layout.grey else colour  # grey goes through the RGB model
-        restored = self.restore_planes(rgb, seed)
+        restored = self.restore_planes(rgb, seed, progress)
+        del colour, rgb
         if layout.grey:
             restored = restored.mean(dim=0, keepdim=True)
         return layout.rebuild(restored)
 
-    def _first_tile_side(self, H: int, W: int) -> int:
-        """The largest tile side to try: the whole image when it fits, else from ``tile``."""
-        if self.tile is None:
-            return max(H, W)
-        if self.tile == "auto":
-            budget = max_tile_pixels(self.model.unet.config, self.device, self.dtype)
-            if H * W <= budget:
-                return max(H, W)
-            return max(MIN_TILE, math.isqrt(budget) // self.multiple * self.multiple)
-        return max(self.multiple, self.tile // self.multiple * self.multiple)
-
-    def _restore_tiles(self, lq: torch.Tensor, eps: torch.Tensor | None, side: int) -> torch.Tensor:
+    def _restore_tiles(self, lq: torch.Tensor, eps: torch.Tensor | None, side: int,
+                       progress: Callable[[int, int], None] | None) -> torch.Tensor:
         """Restore (1, 3, H, W) ``lq`` in tiles of at most side x side, cross-faded; one tile if it fits."""
         H, W = lq.shape[-2:]
         overlap = min(self.overlap, side // 4)
         rows, cols = tile_spans(H, side, overlap, self.multiple), tile_spans(W, side, overlap, self.multiple)
         self.last_spans = (rows, cols)
-        if len(rows) == len(cols) == 1:
-            return self._sample(lq, eps)
-        out = torch.zeros_like(lq)
-        weight = torch.zeros((1, 1, H, W), device=lq.device)
-        for (y0, y1), wy in zip(rows, blend_windows(rows)):
-            for (x0, x1), wx in zip(cols, blend_windows(cols)):
-                window = (wy[:, None] * wx[None, :]).to(lq.device)
-                tile_eps = eps[..., y0:y1, x0:x1] if eps is not None else None
-                out[..., y0:y1, x0:x1] += self._sample(lq[..., y0:y1, x0:x1], tile_eps) * window
-                weight[..., y0:y1, x0:x1] += window
-        return out / weight  # the windows sum to one; dividing keeps that exact at float precision
+        total, done = len(rows) * len(cols) * self.steps, 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total)
+
+        self._tick = tick
+        try:
+            if len(rows) == len(cols) == 1:
+                return self._sample(lq, eps)
+            out = torch.zeros_like(lq)
+            weight = torch.zeros((1, 1, H, W), device=lq.device)
+            for (y0, y1), wy in zip(rows, blend_windows(rows)):
+                for (x0, x1), wx in zip(cols, blend_windows(cols)):
+                    window = (wy[:, None] * wx[None, :]).to(lq.device)
+                    tile_eps = eps[..., y0:y1, x0:x1] if eps is not None else None
+                    out[..., y0:y1, x0:x1] += self._sample(lq[..., y0:y1, x0:x1], tile_eps) * window
+                    weight[..., y0:y1, x0:x1] += window
+            return out.div_(weight)  # the windows sum to one; dividing keeps that exact at float precision
+        finally:
+            self._tick = lambda n: None
 
     # -- one tile --------------------------------------------------------------------------------
     def _sample(self, lq: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
@@ -374,22 +593,32 @@ class Restorer:
 
     def _run(self, lq: torch.Tensor, eps: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         # Unclamped: clamping would turn an Inf into a plausible +-1 and hide it from the check above.
-        sampler = self._samplers[dtype]
+        s = self.sampling
         with _eval_mode(self.model.unet):
-            if self.device.type == "cpu" and dtype != torch.float32:
-                with torch.autocast("cpu", dtype=dtype):  # the CPU path is the reference; autocast lowers it
-                    return sampler(lq, eps=eps, clamp=False).float()
-            return sampler(lq, eps=eps, clamp=False).float()
+            if self.device.type != "cpu":
+                out = self._samplers[dtype](lq, eps=eps, clamp=False).float()
+                self._tick(s.steps)
+                return out
+            # The CPU path is the reference sampler, its network fed channels-last (faster convs, and
+            # attention's flash kernel instead of a full score matrix); autocast lowers it on request.
+            velocity = _StepCounted(self.model.unet, self._tick)
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                return euler_sample(velocity, lq, steps=s.steps, schedule=self.model.schedule, y_mode=s.y_mode,
+                                    eps=eps, clamp=False, time_power=s.time_power).float()
 
 
-def restore(image: Any, model: str | os.PathLike | torch.nn.Module = "default", steps: int = 4, seed: int = 0,
-            device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", tile: int | str | None = "auto",
-            overlap: int = DEFAULT_OVERLAP, schedule: Schedule | None = None, y_mode: str = "joint") -> Any:
+def restore(image: Any, model: str | os.PathLike | torch.nn.Module = "default", steps: int | None = None,
+            seed: int = 0, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+            tile: int | str | None = "auto", overlap: int = DEFAULT_OVERLAP, schedule: Schedule | None = None,
+            y_mode: str | None = None, *, time_power: float | None = None,
+            sampling: str | SamplingSettings | None = None, fused_conv: str | None = None,
+            max_memory: int | str | None = None, progress: Callable[[int, int], None] | None = None) -> Any:
     """Restore one image (or a list, or an NCHW batch) and return it as the same kind.
 
     See :class:`Restorer` for the arguments and :meth:`Restorer.restore` for what ``image`` may be.
-    A path in gives a PIL image back (nothing is written; ``imageio.save_image`` writes atomically).
+    A path in gives the image back (nothing is written; ``imageio.save_image`` writes atomically).
     Models loaded from files are cached, so calling this in a loop does not re-read the weights.
     """
-    return Restorer(model, steps=steps, device=device, dtype=dtype, tile=tile, overlap=overlap,
-                    schedule=schedule, y_mode=y_mode).restore(image, seed=seed)
+    return Restorer(model, steps=steps, device=device, dtype=dtype, tile=tile, overlap=overlap, schedule=schedule,
+                    y_mode=y_mode, time_power=time_power, sampling=sampling, fused_conv=fused_conv,
+                    max_memory=max_memory).restore(image, seed=seed, progress=progress)

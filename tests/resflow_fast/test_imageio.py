@@ -17,7 +17,7 @@ GREY16 = (RNG.random((9, 7)) * 65535).astype(np.uint16)
 
 
 def pil_images() -> dict[str, Image.Image]:
-    """One image per Pillow mode the issue names, plus a 16-bit big-endian one."""
+    """One image per Pillow mode a user hands in, plus a 16-bit big-endian one."""
     palette = Image.fromarray(RGB).convert("P")
     with_transparency = palette.copy()
     with_transparency.info["transparency"] = 0
@@ -240,3 +240,93 @@ def test_a_failing_encoder_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(ResflowInputError, match="encoder crashed"):
         save_image(Image.new("RGB", (4, 4)), target)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 16 bits per channel in colour and grey + alpha: pypng and tifffile, where Pillow keeps 8 bits
+# ----------------------------------------------------------------------------------------------
+def _deep_pixels(channels, seed=0):
+    return (np.random.default_rng(seed).random((9, 7, channels)) * 65535).astype(np.uint16)
+
+
+def _write_png16(path, pixels):
+    import png
+
+    H, W, C = pixels.shape
+    with open(path, "wb") as f:
+        png.Writer(W, H, greyscale=C <= 2, alpha=C in (2, 4), bitdepth=16).write_array(f, pixels.reshape(-1))
+
+
+def _write_tiff16(path, pixels, **options):
+    import tifffile
+
+    C = pixels.shape[2]
+    tifffile.imwrite(path, pixels, photometric="rgb" if C >= 3 else "minisblack",
+                     extrasamples=(2,) if C in (2, 4) else None, **options)
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+@pytest.mark.parametrize("write, ext", [(_write_png16, "png"), (_write_tiff16, "tif")])
+def test_16_bit_colour_files_round_trip_exactly_at_16_bits(tmp_path, write, ext, channels):
+    from resflow_fast.imageio import DeepImage, read_image
+
+    pixels = _deep_pixels(channels)
+    write(tmp_path / f"in.{ext}", pixels)  # written by pypng / tifffile directly, as another program would
+    colour, layout = split_image(tmp_path / f"in.{ext}")
+    assert colour.shape == (1 if channels == 2 else 3, 9, 7) and layout.grey == (channels == 2)
+    out = layout.rebuild(colour)
+    assert isinstance(out, DeepImage) and out.format == ("PNG" if ext == "png" else "TIFF")
+    save_image(out, tmp_path / f"out.{ext}")
+    back = read_image(tmp_path / f"out.{ext}")
+    assert isinstance(back, DeepImage) and back.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(back.pixels, pixels)  # 8-bit decoding would lose the low byte
+    if ext == "tif":
+        import tifffile
+
+        assert tifffile.imread(tmp_path / f"out.{ext}").dtype == np.uint16  # another reader agrees
+
+
+def test_16_bit_colour_keeps_its_icc_profile_and_is_turned_upright(tmp_path):
+    from resflow_fast.imageio import DeepImage, read_image
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    pixels = _deep_pixels(3)
+    save_image(DeepImage(pixels, "PNG", {"icc_profile": icc}), tmp_path / "a.png")
+    assert read_image(tmp_path / "a.png").info["icc_profile"] == icc
+    _write_tiff16(tmp_path / "a.tif", pixels, iccprofile=icc, extratags=[(274, "H", 1, 6, True)])  # rotate 90 cw
+    back = read_image(tmp_path / "a.tif")
+    assert back.info["icc_profile"] == icc and back.size == (9, 7)
+    np.testing.assert_array_equal(back.pixels, np.rot90(pixels, -1))
+
+
+def test_16_bit_colour_cannot_be_written_as_an_8_bit_format(tmp_path):
+    from resflow_fast.imageio import DeepImage
+
+    with pytest.raises(ResflowInputError, match="can be written as .png or .tif"):
+        save_image(DeepImage(_deep_pixels(3)), tmp_path / "x.jpg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_compressed_16_bit_tiff_without_its_codec_is_a_clear_error(tmp_path, monkeypatch):
+    import tifffile
+
+    pixels = _deep_pixels(3)
+    _write_tiff16(tmp_path / "in.tif", pixels, compression="zlib")
+    real = tifffile.TiffPage.asarray
+
+    def missing_codec(self, *args, **kwargs):  # what tifffile raises for LZW when imagecodecs is absent
+        raise KeyError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", missing_codec)
+    with pytest.raises(ResflowInputError, match=r"in.tif: a 16-bit .*TIFF needs the imagecodecs package"):
+        split_image(tmp_path / "in.tif")
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", real)
+    np.testing.assert_array_equal(np.asarray(split_image(tmp_path / "in.tif")[1].rebuild(split_image(
+        tmp_path / "in.tif")[0])), pixels)
+
+
+def test_a_corrupt_16_bit_png_is_a_clear_error(tmp_path):
+    _write_png16(tmp_path / "bad.png", _deep_pixels(3))
+    data = (tmp_path / "bad.png").read_bytes()
+    (tmp_path / "bad.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ResflowInputError, match="bad.png: truncated or corrupt"):
+        split_image(tmp_path / "bad.png")

@@ -108,7 +108,7 @@ def test_wrong_kinds_of_model_argument(tmp_path, unet):
 def test_every_embedded_model_ships_within_the_size_limit(name):
     path = embedded_model_path(name)
     assert path.is_file(), f"{name}: {path} is not in the package"
-    assert path.stat().st_size <= 25 * 1024 * 1024, "issue 6: at most 25 MB per checkpoint"
+    assert path.stat().st_size <= 25 * 1024 * 1024, "an embedded model ships in at most 25 MB"
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -156,3 +156,22 @@ def test_the_mix_model_dehazes_the_hazy_example_and_default_does_not():
                 for name in ("mix", "default")}
     assert by_model["mix"] - before > 2.5
     assert by_model["mix"] - by_model["default"] > 2.5
+
+
+def test_the_sampling_settings_a_weights_file_records_are_loaded(tmp_path, unet):
+    from resflow_fast.reference.sampler import PAPER_SAMPLING, SamplingSettings
+
+    path = tmp_path / "m.safetensors"
+    save_weights(path, unet.state_dict(), {"unet": unet.config.to_dict(), "schedule": Schedule().to_dict(),
+                                           "sampling": {"steps": 2, "time_power": 1.5, "y_mode": "exact"}})
+    assert resolve_model(path, CPU).sampling == SamplingSettings(2, 1.5, "exact")
+    assert resolve_model(save_model(tmp_path / "plain.safetensors", unet), CPU).sampling == PAPER_SAMPLING
+    assert resolve_model(unet, CPU).sampling == PAPER_SAMPLING
+
+
+def test_invalid_recorded_sampling_settings_are_a_clear_error(tmp_path, unet):
+    path = tmp_path / "m.safetensors"
+    save_weights(path, unet.state_dict(), {"unet": unet.config.to_dict(), "schedule": Schedule().to_dict(),
+                                           "sampling": {"steps": 0}})
+    with pytest.raises(CheckpointError, match="m.safetensors: its recorded sampling settings are invalid"):
+        resolve_model(path, CPU)
