@@ -89,8 +89,9 @@ def recompiles_for_new_sizes(args) -> bool:
 
 
 def euler_section(shape, device: torch.device, clock: Clock, copy_gbs: float) -> dict:
-    """``euler_step`` of fp32 x, y with fp32 v, out of place; then the sampler's own use: bf16 v,
-    in place, also writing the next bf16 channels-last network input."""
+    """``euler_step`` of fp32 x, y with fp32 v, out of place and NCHW; then the sampler's own call
+    (resflow_fast/sampler.py): fp32 x, y, bf16 v and the next bf16 network input, all channels-last
+    (NHWC), x and y updated in place. Each against its eager twin in the same layout."""
     from resflow_fast.kernels import euler_step, euler_step_reference
 
     N, C2, H, W = shape
@@ -98,17 +99,23 @@ def euler_section(shape, device: torch.device, clock: Clock, copy_gbs: float) ->
     x, y = torch.randn(N, C2 // 2, H, W, device=device), torch.randn(N, C2 // 2, H, W, device=device)
     v = torch.randn(N, C2, H, W, device=device)
     dt = 0.25
-    rows = _rows({"eager (twin)": lambda: euler_step_reference(x, y, v, dt), "resflow_fast": lambda: euler_step(x, y, v, dt)},
-                 4 * (4 * x.numel() + v.numel()), clock, copy_gbs)  # read x, y, v; write x, y
+    out_of_place = _rows({"eager (twin), NCHW fp32": lambda: euler_step_reference(x, y, v, dt),
+                          "resflow_fast, NCHW fp32": lambda: euler_step(x, y, v, dt)},
+                         4 * (4 * x.numel() + v.numel()), clock, copy_gbs)  # read x, y, v; write x, y
     bitwise = all(torch.equal(a, b) for a, b in zip(euler_step(x, y, v, dt), euler_step_reference(x, y, v, dt)))
-    v_net = v.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    next_input = torch.empty_like(v_net)
-    in_place = _rows({"resflow_fast in place + next bf16 input":
-                      lambda: euler_step(x, y, v_net, dt, inplace=True, next_input=next_input)},
+    cl = torch.channels_last
+    x_cl, y_cl = x.contiguous(memory_format=cl), y.contiguous(memory_format=cl)  # copies: updated in place
+    v_net = v.to(torch.bfloat16).contiguous(memory_format=cl)
+    next_input = torch.empty_like(v_net)  # keeps v_net's channels-last strides
+    sampler_call = dict(inplace=True, next_input=next_input)
+    in_place = _rows({"eager (twin), sampler's call": lambda: euler_step_reference(x_cl, y_cl, v_net, dt, **sampler_call),
+                      "resflow_fast, sampler's call": lambda: euler_step(x_cl, y_cl, v_net, dt, **sampler_call)},
                      4 * 4 * x.numel() + 2 * v_net.numel() * 2, clock, copy_gbs)  # + read v, write next (bf16)
-    in_place[0]["speedup_vs_eager"] = rows[0]["median_ms"] / in_place[0]["median_ms"]
-    return {"op": "euler_step", "shape": f"{N}x{C2}x{H}x{W} fp32", "bitwise_equal_to_twin": bitwise,
-            "rows": rows + in_place}
+    return {"op": "euler_step", "shape": f"{N}x{C2}x{H}x{W}", "bitwise_equal_to_twin": bitwise,
+            "layouts": {"NCHW fp32": "x, y, v fp32, NCHW, out of place",
+                        "sampler's call": "x, y fp32 and v, next input bf16, all channels-last (NHWC); "
+                                          "x, y in place"},
+            "rows": out_of_place + in_place}
 
 
 def kernel_sections(device: torch.device, clock: Clock, copy_gbs: float, compile_twin: bool):

@@ -86,6 +86,8 @@ def _kernel_checks(section: dict) -> str:
         checks.append(f"{section['speedup_vs_compile']:.2f}x faster than torch.compile")
     if "recompiled_for_new_sizes" in section:
         checks.append(f"recompiled for new H, W: {fmt(section['recompiled_for_new_sizes'])}")
+    for name, meaning in section.get("layouts", {}).items():
+        checks.append(f"{name}: {meaning}")
     if section.get("error"):
         checks.append(f"error: {section['error']}")
     return f"- {section['op']} {section['shape']}: " + "; ".join(checks)
