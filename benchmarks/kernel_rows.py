@@ -3,20 +3,23 @@ and, for the norm, ``torch.compile`` of that twin; achieved GB/s for the bytes t
 (one read of each input, one write of each output) and its share of the copy bandwidth measured
 in the same run.
 
-On CUDA the shapes are issue 4's acceptance shapes; on the CPU (smoke mode) tiny ones, where
-the "kernel" is its twin (without ``TRITON_INTERPRET`` the launchers fall back to it).
+On CUDA the shapes are the acceptance shapes of the GPU run; on the CPU (smoke mode) tiny ones,
+where the "kernel" is its twin (without ``TRITON_INTERPRET`` the launchers fall back to it). Each
+section is one job of the plan (:func:`kernel_jobs`), estimated and budgeted on its own.
 """
 from __future__ import annotations
 
 import importlib
 import traceback
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from .measure import Clock, kernel_time_ms
 
 GROUP_NORM_SHAPES = {
-    "cuda": ((1, 128, 512, 512),  # issue 4's acceptance shape: the top level of the 19.1M model at 512^2
+    "cuda": ((1, 128, 512, 512),  # the acceptance shape: the top level of the 19.1M model at 512^2
              (1, 64, 2048, 2048),  # a large image: far beyond L2
              (4, 256, 256, 256)),  # batched, many channels
     "cpu": ((1, 32, 16, 16),),
@@ -58,7 +61,7 @@ def group_norm_section(shape, device: torch.device, clock: Clock, copy_gbs: floa
                "max_abs_err_vs_twin": (got - ref).abs().max().item(),
                "rows": _rows(variants, 2 * x.numel() * x.element_size(), clock, copy_gbs)}
     timed = {r["variant"]: r["median_ms"] for r in section["rows"]}
-    if "torch.compile (twin)" in timed:  # issue 4 accepts the kernel at >= 3x torch.compile
+    if "torch.compile (twin)" in timed:  # the kernel is accepted at >= 3x torch.compile
         section["speedup_vs_compile"] = timed["torch.compile (twin)"] / timed["resflow_fast"]
     if clock.cuda:
         section["recompiled_for_new_sizes"] = recompiles_for_new_sizes(args)
@@ -75,7 +78,7 @@ def norm_kernels() -> list:
 
 def recompiles_for_new_sizes(args) -> bool:
     """Whether two new (odd) H, W make the norm's Triton kernels compile new variants: they must
-    not (architecture.md: sizes are runtime arguments)."""
+    not (docs/design/architecture.md, "Numerics contract": sizes are runtime arguments)."""
     from resflow_fast.kernels import group_norm_modulate_silu
     from resflow_fast.kernels._runtime import compiled_variants
 
@@ -118,15 +121,33 @@ def euler_section(shape, device: torch.device, clock: Clock, copy_gbs: float) ->
             "rows": out_of_place + in_place}
 
 
-def kernel_sections(device: torch.device, clock: Clock, copy_gbs: float, compile_twin: bool):
-    """Every kernel section, one at a time (a failing one is reported and the rest still run)."""
+@dataclass(frozen=True)
+class KernelJob:
+    """One kernel section of the plan: the op, its label, and the function that measures it."""
+
+    op: str
+    label: str
+    run: Callable[[], dict]
+
+
+def kernel_jobs(device: torch.device, clock: Clock, copy_gbs: float, compile_twin: bool) -> list[KernelJob]:
+    """Every kernel section, in running order; each job returns its section, or on failure a
+    section with the error (the others still run)."""
     kind = "cuda" if clock.cuda else "cpu"
-    jobs = [(f"group_norm_modulate_silu {s}", lambda s=s: group_norm_section(s, device, clock, copy_gbs, compile_twin))
+    jobs = [KernelJob("group_norm_modulate_silu", f"group_norm_modulate_silu {'x'.join(map(str, s))}",
+                      lambda s=s: group_norm_section(s, device, clock, copy_gbs, compile_twin))
             for s in GROUP_NORM_SHAPES[kind]]
-    jobs += [(f"euler_step {s}", lambda s=s: euler_section(s, device, clock, copy_gbs)) for s in EULER_SHAPES[kind]]
-    for name, job in jobs:
+    jobs += [KernelJob("euler_step", f"euler_step {'x'.join(map(str, s))}",
+                       lambda s=s: euler_section(s, device, clock, copy_gbs)) for s in EULER_SHAPES[kind]]
+    return [KernelJob(job.op, job.label, _recording_errors(job)) for job in jobs]
+
+
+def _recording_errors(job: KernelJob) -> Callable[[], dict]:
+    def run() -> dict:
         try:
-            yield job()
+            return job.run()
         except Exception as e:  # noqa: BLE001 - recorded; the other sections still run
             traceback.print_exc()
-            yield {"op": name, "shape": "", "rows": [], "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            return {"op": job.op, "shape": job.label.split(" ", 1)[1], "rows": [],
+                    "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    return run
