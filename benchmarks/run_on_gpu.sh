@@ -58,7 +58,7 @@ else
     TESTS_S=${TESTS_S:-150}
     CALL='bash benchmarks/run_on_gpu.sh "$OUT"'
 fi
-END_MARGIN_S=${END_MARGIN_S:-10}  # kept free at the end: a timeout's grace before its kill, the last prints
+END_MARGIN_S=${END_MARGIN_S:-15}  # kept free at the end: a timeout's 10 s grace before its kill, the last prints
 MIN_BENCH_S=${MIN_BENCH_S:-90}    # stage 1 is cut short to leave the benchmark at least this
 MIN_STAGE_S=${MIN_STAGE_S:-30}    # a stage with less time than this left does not start
 BENCH_MARGIN_S=${BENCH_MARGIN_S:-8}  # the benchmark plans its rows to end this long before its kill
@@ -75,6 +75,23 @@ LOG="$OUT_DIR/call.log"
 : > "$LOG"
 say() { printf '[%4d s] %s\n' "$SECONDS" "$*" | tee -a "$LOG"; }
 left() { echo $(( DEADLINE_S - END_MARGIN_S - SECONDS )); }  # seconds a stage may still take
+
+# stage LOG LIMIT SIGNAL COMMAND...: COMMAND in the foreground under `timeout` (SIGNAL at LIMIT
+# seconds, a kill 10 s later), its output written straight into LOG and echoed by a follower.
+# No pipe: a pipe would wait for every process holding its end (a compiler worker, say) to exit.
+stage() {
+    local log=$1 limit=$2 signal=$3 follower status
+    shift 3
+    : > "$log"
+    tail -n +1 -s 0.2 -f "$log" &
+    follower=$!
+    timeout -s "$signal" -k 10 "$limit" "$@" >> "$log" 2>&1 < /dev/null
+    status=$?
+    sleep 1  # the follower's last lines
+    kill "$follower" 2> /dev/null
+    wait "$follower" 2> /dev/null
+    return "$status"
+}
 
 say "resflow-fast GPU call ($MODE): over within ${DEADLINE_S} s; writing into $OUT_DIR"
 
@@ -151,10 +168,9 @@ else
         say "stage 1: pytest -m cuda ${paths[*]} (at most $limit s) -> cuda-tests.log"
         started=$SECONDS
         # SIGINT first: pytest stops and prints its summary; 10 s later a kill, for a hung kernel
-        timeout -s INT -k 10 "$limit" "$PY" -m pytest -m cuda -v -p no:cacheprovider \
-            -p resflow_fast.benchmarks.stream_failures --durations=15 "${paths[@]}" 2>&1 \
-            | tee "$OUT_DIR/cuda-tests.log"
-        status=${PIPESTATUS[0]}
+        stage "$OUT_DIR/cuda-tests.log" "$limit" INT "$PY" -m pytest -m cuda -v -p no:cacheprovider \
+            -p resflow_fast.benchmarks.stream_failures --durations=15 "${paths[@]}"
+        status=$?
         summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped|deselected).* in [0-9.]+s' \
                   "$OUT_DIR/cuda-tests.log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
         summary=${summary:-no summary line}
@@ -185,9 +201,8 @@ else
     read -r -a extra <<< "${BENCH_ARGS:-}"
     say "stage 2: python -m resflow_fast.benchmarks (killed at $limit s, rows planned to end by then less $BENCH_MARGIN_S s) -> bench.log"
     started=$SECONDS
-    timeout -s TERM -k 5 "$limit" "$PY" -m resflow_fast.benchmarks "${args[@]}" ${extra[@]+"${extra[@]}"} 2>&1 \
-        | tee "$OUT_DIR/bench.log"
-    status=${PIPESTATUS[0]}
+    stage "$OUT_DIR/bench.log" "$limit" TERM "$PY" -m resflow_fast.benchmarks "${args[@]}" ${extra[@]+"${extra[@]}"}
+    status=$?
     case $status in
         0) bench_status="finished" ;;
         124|137) bench_status="stopped at the $limit s limit: results.json holds every row it finished" ;;
