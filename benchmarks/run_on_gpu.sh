@@ -213,6 +213,13 @@ fi
 
 # -- the end: the table, then each stage's outcome ----------------------------------------------------
 if [ -f "$OUT_DIR/results.md" ]; then cat "$OUT_DIR/results.md"; fi
+# pytest's summary lines, or (a run killed before its summary) the streamed reports' headers
+failed=$(grep -oE '^(FAILED|ERROR) [^ ]+|FAILED \((setup|call|teardown)\) [^ ]+' "$OUT_DIR/cuda-tests.log" 2> /dev/null \
+         | sed -E 's/^FAILED \((setup|call|teardown)\) /FAILED /' | sort -u | head -n 40)
+if [ -n "$failed" ]; then
+    say "failed tests (cuda-tests.log has each one's report):"
+    echo "$failed"
+fi
 say "tests: $tests_result"
 say "benchmark: $bench_status"
 say "done in $SECONDS s; in $OUT_DIR: $(cd "$OUT_DIR" && echo *)"
