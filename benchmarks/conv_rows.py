@@ -41,7 +41,6 @@ import contextlib
 import math
 import os
 import statistics
-import time
 import traceback
 from dataclasses import dataclass, field
 

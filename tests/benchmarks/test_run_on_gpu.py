@@ -13,7 +13,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
