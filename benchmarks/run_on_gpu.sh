@@ -18,7 +18,7 @@
 #      rest of the matrix; rows that would not end before the deadline are skipped, with the reason.
 #      results.json, results.md and BENCHMARKS.md (the repository's file with this card's section
 #      replaced: copy it back) are rewritten after every row              -> bench.log
-# Six files in all. The last lines printed are results.md and each stage's outcome.
+# Six files in all. The last lines printed are results.md, the failed tests and each stage's outcome.
 # Exit status: 0 when the tests passed and the benchmark finished; 1 otherwise; 2 for a bad
 # argument or an output folder that cannot be written; 3 when the package does not import.
 #
