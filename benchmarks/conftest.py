@@ -1,8 +1,8 @@
 """Fixtures of the pytest-benchmark suites (``python -m pytest benchmarks``).
 
 Every suite runs on the CPU (tiny shapes; without ``TRITON_INTERPRET`` the kernels run their
-pure-torch twins, which is what a CPU user gets) and, where there is one, on a CUDA GPU (issue
-4's shapes). Nothing is timed under the Triton interpreter: every test skips there.
+pure-torch twins, which is what a CPU user gets) and, where there is one, on a CUDA GPU (the
+acceptance shapes of the GPU run). Nothing is timed under the Triton interpreter: every test skips there.
 CI runs these with ``--benchmark-disable`` (each function once) so they cannot rot
 (tests/benchmarks/test_suites.py).
 """

@@ -1,4 +1,4 @@
-"""Issue 7's per-layer table: every 3x3 conv shape of a U-Net preset at one image size, timed as
+"""The per-layer conv table: every 3x3 conv shape of a U-Net preset at one image size, timed as
 the fast U-Net runs it today against :func:`fused_conv3x3` with the norm in its prologue.
 
 The shapes come from the reference :class:`UNet` itself, run once on the ``meta`` device (no
@@ -41,7 +41,6 @@ import contextlib
 import math
 import os
 import statistics
-import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -51,11 +50,14 @@ import torch.nn.functional as F
 from .measure import Clock, kernel_time_ms, refusal_to_time
 from .report import fmt, table
 
-#: ``--conv-layers`` given without a value: the paper model at 1024^2 (issue 7), or the CPU smoke.
+#: ``--conv-layers`` given without a value: the paper model at 1024^2, or the CPU smoke.
 CONV_DEFAULTS = {"cuda": "paper:1024", "cpu": "test:32"}
-#: Seconds one shape is estimated to take before any has been measured in this run (a parity
-#: check, three do_bench calls of ~0.25 s and, the first time, Triton compiles); none on the CPU.
-ROW_PRIOR_S = {"cuda": 4.0, "cpu": 0.0}
+#: Seconds one shape is estimated to take before any has been measured in this run: (the first
+#: shape, each later one). A shape makes a parity check and four do_bench calls of ~0.25 s, and
+#: compiles the fused conv's Triton variants it needs (plain, + statistics, TMA): all of them for
+#: the first shape (unless the fused restore rows compiled some), new block configurations and
+#: flags after. None on the CPU.
+ROW_PRIOR_S = {"cuda": (20.0, 6.0), "cpu": (0.0, 0.0)}
 #: The fused output may differ from cuDNN + norm by a bf16 rounding or two of the largest value;
 #: beyond this share of it the row is flagged (a wrong padding or prologue is far larger).
 PARITY_REL_TOL = 3e-2
@@ -280,27 +282,40 @@ def tma_switch(on: bool):
 
 
 def time_layers(layers: list[ConvLayer], device: torch.device, clock: Clock, budget, groups: int,
-                budget_note: str = ""):
+                budget_note: str = "", measure=None, on_start=None):
     """Yield one row per layer, in the given order. Before each, the budget (a
     :class:`plan.Budget`) decides whether it may start, from the median time of the rows measured
     so far (:data:`ROW_PRIOR_S` before the first); a layer it refuses, or one that fails, is a row
-    with that status and a note, and the others still run."""
+    with that status and a note, and the others still run. ``measure(layer)`` measures one
+    (default :func:`measure_layer`); ``on_start(layer, estimate_s)`` is told before it starts.
+    Seconds are read off the budget's clock."""
+    measure = measure or (lambda layer: measure_layer(layer, device, clock, groups))
+    first, later = ROW_PRIOR_S["cuda" if clock.cuda else "cpu"]
     seconds: list[float] = []
     for layer in layers:
-        estimate = statistics.median(seconds) if seconds else ROW_PRIOR_S["cuda" if clock.cuda else "cpu"]
+        # the first shape measured paid the compiles: it says little of the others
+        if not seconds:
+            estimate = first
+        elif len(seconds) == 1:
+            estimate = min(seconds[0], later)
+        else:
+            estimate = statistics.median(seconds[1:])
         reason = budget.skip_reason(estimate)
         if reason:
-            yield {**base_row(layer), "status": "skipped", "note": reason + budget_note}
+            yield {**base_row(layer), "status": "skipped", "note": reason + budget_note, "estimate_s": estimate}
             continue
-        t0 = time.perf_counter()
+        if on_start is not None:
+            on_start(layer, estimate)
+        t0 = budget.now()
         try:
-            row = measure_layer(layer, device, clock, groups)
+            row = measure(layer)
         except Exception as e:  # noqa: BLE001 - recorded; the other shapes still run
             traceback.print_exc()
             row = {**base_row(layer), "status": "error", "note": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             if clock.cuda:
                 torch.cuda.empty_cache()  # an out-of-memory must not take the next shapes with it
-        row["seconds"] = time.perf_counter() - t0
+        row["seconds"] = budget.now() - t0
+        row["estimate_s"] = estimate
         seconds.append(row["seconds"])
         yield row
 

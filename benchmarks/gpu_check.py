@@ -1,11 +1,12 @@
-"""Issue 4's acceptance subset of the benchmark, under its old name.
+"""The acceptance rows of the benchmark, under their old name.
 
     python -m resflow_fast.benchmarks.gpu_check --out results/   [--quick] [--budget-s 420]
 
 The ceilings, the fused kernels (with their correctness checks), and the 4-step restore at
-1024^2, batch 1, of the bench19m and paper presets, all five variants: the rows issue 4 is
-accepted on. It is :mod:`resflow_fast.benchmarks.bench` with those filters (``--quick``: bench19m
-only, shorter timing windows); the full table is ``python -m resflow_fast.benchmarks``.
+1024^2, batch 1, of the bench19m and paper presets as torch.compile, the fast path, the fast path
+as a CUDA graph and the fused-conv "auto" path: the rows the GPU run is accepted on. It is
+:mod:`resflow_fast.benchmarks.bench` with ``--acceptance-only`` (``--quick``: bench19m only,
+shorter timing windows); the full table is ``python -m resflow_fast.benchmarks``.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ PROG = "python -m resflow_fast.benchmarks.gpu_check"
 
 
 def bench_argv(out: str, quick: bool, budget_s: float) -> list[str]:
-    """The benchmark's arguments for issue 4's subset."""
-    argv = ["--out", out, "--budget-s", str(budget_s), "--sizes", "1024", "--batch", "1",
+    """The benchmark's arguments for the acceptance rows."""
+    argv = ["--out", out, "--budget-s", str(budget_s), "--acceptance-only", "--sizes", "1024", "--batch", "1",
             "--presets", "bench19m" if quick else "bench19m,paper"]
     return argv + (["--window-s", "1", "--max-reps", "50"] if quick else [])
 

@@ -3,20 +3,23 @@ and, for the norm, ``torch.compile`` of that twin; achieved GB/s for the bytes t
 (one read of each input, one write of each output) and its share of the copy bandwidth measured
 in the same run.
 
-On CUDA the shapes are issue 4's acceptance shapes; on the CPU (smoke mode) tiny ones, where
-the "kernel" is its twin (without ``TRITON_INTERPRET`` the launchers fall back to it).
+On CUDA the shapes are the acceptance shapes of the GPU run; on the CPU (smoke mode) tiny ones,
+where the "kernel" is its twin (without ``TRITON_INTERPRET`` the launchers fall back to it). Each
+section is one job of the plan (:func:`kernel_jobs`), estimated and budgeted on its own.
 """
 from __future__ import annotations
 
 import importlib
 import traceback
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from .measure import Clock, kernel_time_ms
 
 GROUP_NORM_SHAPES = {
-    "cuda": ((1, 128, 512, 512),  # issue 4's acceptance shape: the top level of the 19.1M model at 512^2
+    "cuda": ((1, 128, 512, 512),  # the acceptance shape: the top level of the 19.1M model at 512^2
              (1, 64, 2048, 2048),  # a large image: far beyond L2
              (4, 256, 256, 256)),  # batched, many channels
     "cpu": ((1, 32, 16, 16),),
@@ -58,7 +61,7 @@ def group_norm_section(shape, device: torch.device, clock: Clock, copy_gbs: floa
                "max_abs_err_vs_twin": (got - ref).abs().max().item(),
                "rows": _rows(variants, 2 * x.numel() * x.element_size(), clock, copy_gbs)}
     timed = {r["variant"]: r["median_ms"] for r in section["rows"]}
-    if "torch.compile (twin)" in timed:  # issue 4 accepts the kernel at >= 3x torch.compile
+    if "torch.compile (twin)" in timed:  # the kernel is accepted at >= 3x torch.compile
         section["speedup_vs_compile"] = timed["torch.compile (twin)"] / timed["resflow_fast"]
     if clock.cuda:
         section["recompiled_for_new_sizes"] = recompiles_for_new_sizes(args)
@@ -75,7 +78,7 @@ def norm_kernels() -> list:
 
 def recompiles_for_new_sizes(args) -> bool:
     """Whether two new (odd) H, W make the norm's Triton kernels compile new variants: they must
-    not (architecture.md: sizes are runtime arguments)."""
+    not (docs/design/architecture.md, "Numerics contract": sizes are runtime arguments)."""
     from resflow_fast.kernels import group_norm_modulate_silu
     from resflow_fast.kernels._runtime import compiled_variants
 
@@ -89,8 +92,9 @@ def recompiles_for_new_sizes(args) -> bool:
 
 
 def euler_section(shape, device: torch.device, clock: Clock, copy_gbs: float) -> dict:
-    """``euler_step`` of fp32 x, y with fp32 v, out of place; then the sampler's own use: bf16 v,
-    in place, also writing the next bf16 channels-last network input."""
+    """``euler_step`` of fp32 x, y with fp32 v, out of place and NCHW; then the sampler's own call
+    (resflow_fast/sampler.py): fp32 x, y, bf16 v and the next bf16 network input, all channels-last
+    (NHWC), x and y updated in place. Each against its eager twin in the same layout."""
     from resflow_fast.kernels import euler_step, euler_step_reference
 
     N, C2, H, W = shape
@@ -98,28 +102,52 @@ def euler_section(shape, device: torch.device, clock: Clock, copy_gbs: float) ->
     x, y = torch.randn(N, C2 // 2, H, W, device=device), torch.randn(N, C2 // 2, H, W, device=device)
     v = torch.randn(N, C2, H, W, device=device)
     dt = 0.25
-    rows = _rows({"eager (twin)": lambda: euler_step_reference(x, y, v, dt), "resflow_fast": lambda: euler_step(x, y, v, dt)},
-                 4 * (4 * x.numel() + v.numel()), clock, copy_gbs)  # read x, y, v; write x, y
+    out_of_place = _rows({"eager (twin), NCHW fp32": lambda: euler_step_reference(x, y, v, dt),
+                          "resflow_fast, NCHW fp32": lambda: euler_step(x, y, v, dt)},
+                         4 * (4 * x.numel() + v.numel()), clock, copy_gbs)  # read x, y, v; write x, y
     bitwise = all(torch.equal(a, b) for a, b in zip(euler_step(x, y, v, dt), euler_step_reference(x, y, v, dt)))
-    v_net = v.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    next_input = torch.empty_like(v_net)
-    in_place = _rows({"resflow_fast in place + next bf16 input":
-                      lambda: euler_step(x, y, v_net, dt, inplace=True, next_input=next_input)},
+    cl = torch.channels_last
+    x_cl, y_cl = x.contiguous(memory_format=cl), y.contiguous(memory_format=cl)  # copies: updated in place
+    v_net = v.to(torch.bfloat16).contiguous(memory_format=cl)
+    next_input = torch.empty_like(v_net)  # keeps v_net's channels-last strides
+    sampler_call = dict(inplace=True, next_input=next_input)
+    in_place = _rows({"eager (twin), sampler's call": lambda: euler_step_reference(x_cl, y_cl, v_net, dt, **sampler_call),
+                      "resflow_fast, sampler's call": lambda: euler_step(x_cl, y_cl, v_net, dt, **sampler_call)},
                      4 * 4 * x.numel() + 2 * v_net.numel() * 2, clock, copy_gbs)  # + read v, write next (bf16)
-    in_place[0]["speedup_vs_eager"] = rows[0]["median_ms"] / in_place[0]["median_ms"]
-    return {"op": "euler_step", "shape": f"{N}x{C2}x{H}x{W} fp32", "bitwise_equal_to_twin": bitwise,
-            "rows": rows + in_place}
+    return {"op": "euler_step", "shape": f"{N}x{C2}x{H}x{W}", "bitwise_equal_to_twin": bitwise,
+            "layouts": {"NCHW fp32": "x, y, v fp32, NCHW, out of place",
+                        "sampler's call": "x, y fp32 and v, next input bf16, all channels-last (NHWC); "
+                                          "x, y in place"},
+            "rows": out_of_place + in_place}
 
 
-def kernel_sections(device: torch.device, clock: Clock, copy_gbs: float, compile_twin: bool):
-    """Every kernel section, one at a time (a failing one is reported and the rest still run)."""
+@dataclass(frozen=True)
+class KernelJob:
+    """One kernel section of the plan: the op, its label, and the function that measures it."""
+
+    op: str
+    label: str
+    run: Callable[[], dict]
+
+
+def kernel_jobs(device: torch.device, clock: Clock, copy_gbs: float, compile_twin: bool) -> list[KernelJob]:
+    """Every kernel section, in running order; each job returns its section, or on failure a
+    section with the error (the others still run)."""
     kind = "cuda" if clock.cuda else "cpu"
-    jobs = [(f"group_norm_modulate_silu {s}", lambda s=s: group_norm_section(s, device, clock, copy_gbs, compile_twin))
+    jobs = [KernelJob("group_norm_modulate_silu", f"group_norm_modulate_silu {'x'.join(map(str, s))}",
+                      lambda s=s: group_norm_section(s, device, clock, copy_gbs, compile_twin))
             for s in GROUP_NORM_SHAPES[kind]]
-    jobs += [(f"euler_step {s}", lambda s=s: euler_section(s, device, clock, copy_gbs)) for s in EULER_SHAPES[kind]]
-    for name, job in jobs:
+    jobs += [KernelJob("euler_step", f"euler_step {'x'.join(map(str, s))}",
+                       lambda s=s: euler_section(s, device, clock, copy_gbs)) for s in EULER_SHAPES[kind]]
+    return [KernelJob(job.op, job.label, _recording_errors(job)) for job in jobs]
+
+
+def _recording_errors(job: KernelJob) -> Callable[[], dict]:
+    def run() -> dict:
         try:
-            yield job()
+            return job.run()
         except Exception as e:  # noqa: BLE001 - recorded; the other sections still run
             traceback.print_exc()
-            yield {"op": name, "shape": "", "rows": [], "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            return {"op": job.op, "shape": job.label.split(" ", 1)[1], "rows": [],
+                    "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    return run

@@ -18,7 +18,7 @@ MiB = 1 << 20
 
 def refusal_to_time() -> str | None:
     """Why nothing may be timed in this process, or None. The Triton interpreter runs kernels
-    as Python on the CPU: a timing of it says nothing about the kernels (style.md, habit 6)."""
+    as Python on the CPU: a timing of it says nothing about the kernels, so nothing here times it."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return ("refusing to time under TRITON_INTERPRET=1: the Triton interpreter runs kernels as "
                 "Python, its timings mean nothing; unset TRITON_INTERPRET and run again")
@@ -135,6 +135,7 @@ class EnergyMeter:
             "sm_clock_max_mhz": lambda: p.nvmlDeviceGetMaxClockInfo(h, p.NVML_CLOCK_SM),
             "mem_clock_max_mhz": lambda: p.nvmlDeviceGetMaxClockInfo(h, p.NVML_CLOCK_MEM),
             "sm_clock_now_mhz": lambda: p.nvmlDeviceGetClockInfo(h, p.NVML_CLOCK_SM),
+            "mem_clock_now_mhz": lambda: p.nvmlDeviceGetClockInfo(h, p.NVML_CLOCK_MEM),
             "driver": lambda: p.nvmlSystemGetDriverVersion(),
         }
         info = {}

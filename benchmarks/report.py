@@ -1,8 +1,11 @@
-"""The benchmark report: a JSON file and a Markdown table, rewritten after every row (a run cut
-short still leaves what it finished), and BENCHMARKS.md's one section per card."""
+"""The benchmark report: a JSON file, a Markdown table and (optionally) BENCHMARKS.md's section of
+this card, all rewritten after every row, each by writing a temporary file and renaming it over
+the old one, so a run killed at any moment leaves complete files holding every row it finished
+(and, under "running", the row it was in)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -14,30 +17,71 @@ RESTORE_COLUMNS = [("model", "model"), ("image", "image"), ("batch", "batch"), (
                    ("first call s", "first_call_s"), ("peak alloc MiB", "peak_alloc_mib"),
                    ("peak reserved MiB", "peak_reserved_mib"), ("TFLOP/s", "tflops"), ("% of matmul", "pct_matmul"),
                    ("J/image", "joules_per_image"), ("PSNR vs fp32 dB", "psnr_vs_ref"), ("reps", "reps"),
-                   ("note", "note")]
+                   ("est. s", "estimate_s"), ("wall s", "wall_s"), ("note", "note")]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` all at once: a reader (or a kill) sees the old file or the new
+    one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class Report:
-    """Collects the run and rewrites ``json_path`` and ``markdown_path`` whenever it changes."""
+    """Collects the run and rewrites ``json_path``, ``markdown_path`` and, when given,
+    ``benchmarks_md`` (that file as it was at the start, with this card's section replaced)
+    whenever it changes. Paths of None are not written (the dry run's report)."""
 
-    def __init__(self, json_path: Path, markdown_path: Path, command: str):
-        self.json_path, self.markdown_path = Path(json_path), Path(markdown_path)
-        for path in (self.json_path, self.markdown_path):
-            path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, json_path: Path | None, markdown_path: Path | None, command: str,
+                 benchmarks_md: Path | None = None, call: str | None = None, cuda_tests: str | None = None):
+        self.json_path = Path(json_path) if json_path else None
+        self.markdown_path = Path(markdown_path) if markdown_path else None
+        self.benchmarks_md = Path(benchmarks_md) if benchmarks_md else None
+        for path in (self.json_path, self.markdown_path, self.benchmarks_md):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        self._benchmarks_text = None
+        if self.benchmarks_md is not None:
+            self._benchmarks_text = self.benchmarks_md.read_text() if self.benchmarks_md.exists() else "# Benchmarks\n"
         self.data = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "environment": {},
                      "ceilings": {}, "models": {}, "kernels": [], "restore": []}
+        if call:
+            self.data["call"] = call
+        if cuda_tests:
+            self.data["cuda_tests"] = cuda_tests
 
     def put(self, key: str, value) -> None:
         self.data[key] = value
         self.flush()
 
     def add(self, kind: str, entry: dict) -> None:
+        """Append a finished row (which ends the "running" one)."""
         self.data[kind].append(entry)
+        self.data.pop("running", None)
+        self.flush()
+
+    def start(self, what: str, estimate_s: float, at_s: float) -> None:
+        """Record the row about to run, so a run killed during it says where it stopped."""
+        self.data["running"] = {"what": what, "estimate_s": estimate_s, "started_at_s": at_s}
+        self.flush()
+
+    def done(self) -> None:
+        self.data.pop("running", None)
         self.flush()
 
     def flush(self) -> None:
-        self.json_path.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
-        self.markdown_path.write_text(render_markdown(self.data))
+        if self.json_path is not None:
+            write_atomic(self.json_path, json.dumps(self.data, indent=1, default=str) + "\n")
+        if self.markdown_path is not None:
+            write_atomic(self.markdown_path, render_markdown(self.data))
+        if self.benchmarks_md is not None and self.data["environment"]:
+            write_atomic(self.benchmarks_md,
+                         update_benchmarks_md(self._benchmarks_text, card_name(self.data), render_section(self.data)))
 
 
 # -- Markdown --------------------------------------------------------------------------------------
@@ -86,6 +130,8 @@ def _kernel_checks(section: dict) -> str:
         checks.append(f"{section['speedup_vs_compile']:.2f}x faster than torch.compile")
     if "recompiled_for_new_sizes" in section:
         checks.append(f"recompiled for new H, W: {fmt(section['recompiled_for_new_sizes'])}")
+    for name, meaning in section.get("layouts", {}).items():
+        checks.append(f"{name}: {meaning}")
     if section.get("error"):
         checks.append(f"error: {section['error']}")
     return f"- {section['op']} {section['shape']}: " + "; ".join(checks)
@@ -98,12 +144,17 @@ def card_name(data: dict) -> str:
 def render_section(data: dict) -> str:
     """The Markdown of one run, headed by its card: what BENCHMARKS.md keeps per card."""
     env, ceil = data["environment"], data["ceilings"]
-    lines = [f"## {card_name(data)}", "",
-             f"Measured {data['date']} with `{data['command']}`.",
+    if data.get("call"):
+        measured = f"Measured {data['date']} by `{data['call']}`, whose benchmark ran `{data['command']}`."
+    else:
+        measured = f"Measured {data['date']} with `{data['command']}`."
+    lines = [f"## {card_name(data)}", "", measured,
              f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
              f"driver {env.get('driver', '-')}, Python {env.get('python')}; SM clock max {env.get('sm_clock_max_mhz', '-')} "
-             f"MHz (at start {env.get('sm_clock_now_mhz', '-')}), memory clock max {env.get('mem_clock_max_mhz', '-')} MHz, "
-             f"power limit {fmt(env.get('power_limit_w'))} W.", ""]
+             f"MHz (at start {env.get('sm_clock_now_mhz', '-')}), memory clock max {env.get('mem_clock_max_mhz', '-')} MHz "
+             f"(at start {env.get('mem_clock_now_mhz', '-')}), power limit {fmt(env.get('power_limit_w'))} W.", ""]
+    if data.get("cuda_tests"):
+        lines += [f"CUDA tests in the same call: {data['cuda_tests']}", ""]
     if ceil:
         lines += [f"Ceilings measured in this run: copy {fmt(ceil.get('copy_gbs'))} GB/s (bytes read + written), "
                   f"matmul {fmt(ceil.get('matmul_tflops'))} TFLOP/s ({ceil.get('matmul')}).", ""]
@@ -112,12 +163,19 @@ def render_section(data: dict) -> str:
         lines += ["### Kernels", "", *table(KERNEL_COLUMNS, rows), "", *map(_kernel_checks, data["kernels"]), ""]
     if data["restore"]:
         lines += ["### 4-step restore", "", *table(RESTORE_COLUMNS, _restore_display_rows(data)), ""]
-    if data.get("conv_layers"):  # only runs with --conv-layers have it (issue 7's per-layer table)
+    if data.get("conv_layers"):  # only runs with --conv-layers have it
         from .conv_rows import render_conv_section
 
         lines += render_conv_section(data["conv_layers"])
+    running = data.get("running")
+    if running:
+        lines += [f"**Not finished:** {running['what']}, started {running['started_at_s']:.0f} s into the run "
+                  f"(estimated {running['estimate_s']:.0f} s). A run that ends here was stopped during it; "
+                  "everything above it was measured.", ""]
     if "elapsed_s" in data:
         lines += [f"Whole run: {data['elapsed_s']:.0f} s.", ""]
+    elif not running:
+        lines += ["The run had not finished when this was written.", ""]
     return "\n".join(lines)
 
 
@@ -144,4 +202,4 @@ def update_benchmarks_md(text: str, card: str, section: str) -> str:
 def write_benchmarks_md(path: Path, data: dict) -> None:
     path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    path.write_text(update_benchmarks_md(text, card_name(data), render_section(data)))
+    write_atomic(path, update_benchmarks_md(text, card_name(data), render_section(data)))

@@ -1,13 +1,15 @@
 """Rows of the 4-step restore: one per (model, image, batch, variant), all from one process.
 
-The variants (anchors.md, "How to report"): the eager fp32 reference sampler, the same under bf16
-autocast with channels-last weights and input, that model under ``torch.compile``, the fast path
-(:class:`resflow_fast.sampler.ResFlowSampler`) and the fast path replayed as a CUDA graph. On the
-CPU, the harness's smoke mode, the "fast path" is ``ResFlowSampler`` on CPU tensors, which is the
-reference sampler (issue 3: "fast path replaced by the reference"), and there is no CUDA graph.
+The variants (docs/design/performance.md, "How to report"): the eager fp32 reference sampler, the
+same under bf16 autocast with channels-last weights and input, that model under ``torch.compile``,
+the fast path (:class:`resflow_fast.sampler.ResFlowSampler`), the fast path replayed as a CUDA graph,
+and that with the fused conv's "auto" dispatch. On the CPU, the harness's smoke mode, the "fast
+path" is ``ResFlowSampler`` on CPU tensors, which is the reference sampler, and there is no CUDA graph.
 
 Every variant restores the same image with the same auxiliary noise, so each one's PSNR against
-the fp32 reference's output measures only its numerics.
+the fp32 reference's output measures only its numerics. Rows of one cell may run in different
+phases of the plan (``plan.py``); a row that runs before its cell's fp32 row gets its reference
+from one untimed eager fp32 call.
 """
 from __future__ import annotations
 
@@ -88,7 +90,10 @@ class CaseInputs:
 
 class RestoreRunner:
     """Builds each variant's restore function and measures one row at a time. Models are built
-    once per preset and kept (the largest, paper, is 0.5 GB in fp32)."""
+    once per preset and kept (the largest, paper, is 0.5 GB in fp32); the inputs (and reference
+    output) of the last :data:`CELLS_KEPT` cells, since the acceptance rows alternate between two."""
+
+    CELLS_KEPT = 2
 
     def __init__(self, device: torch.device, clock: Clock, meter: EnergyMeter, policy: RepPolicy,
                  matmul_tflops: float, compile_mode: str = "default"):
@@ -98,6 +103,22 @@ class RestoreRunner:
         self._models: dict[str, torch.nn.Module] = {}
         self._channels_last: dict[str, torch.nn.Module] = {}
         self._compiled: dict[str, torch.nn.Module] = {}
+        self._cells: dict[Case, CaseInputs] = {}  # oldest first
+
+    def cell(self, case: Case) -> CaseInputs:
+        """The inputs of ``case``, made when they are not kept (dropping the oldest kept cell's)."""
+        if case not in self._cells:
+            while len(self._cells) >= self.CELLS_KEPT:
+                del self._cells[next(iter(self._cells))]  # free before making the next
+            self._cells[case] = self.inputs(case, restore_cost(case.preset, case.height, case.width)[0])
+        return self._cells[case]
+
+    def has_reference(self, case: Case) -> bool:
+        """Whether the inputs of ``case`` are kept with their fp32 reference output."""
+        return case in self._cells and self._cells[case].reference is not None
+
+    def release(self) -> None:
+        self._cells.clear()
 
     # -- inputs and models -----------------------------------------------------------------------
     def inputs(self, case: Case, flops_per_image: float) -> CaseInputs:
@@ -161,9 +182,17 @@ class RestoreRunner:
         return (lambda: sampler(lq, eps=eps)), sampler
 
     # -- one row ---------------------------------------------------------------------------------
-    def row(self, case: Case, variant: str, inputs: CaseInputs) -> dict:
+    def row(self, case: Case, variant: str, with_reference: bool = False) -> dict:
+        """Measure one row; ``with_reference``: first make the cell's fp32 reference output with
+        one untimed eager call when it has none (for this row's PSNR)."""
         row = base_row(case, variant, self.compile_mode)
         try:
+            inputs = self.cell(case)
+            if with_reference and variant != "fp32" and inputs.reference is None:
+                ref_fn, _ = self.restore_fn("fp32", case, inputs)
+                out, row["reference_call_s"] = self.clock.first_call(ref_fn)
+                inputs.reference = out.float()
+                del out
             fn, sampler = self.restore_fn(variant, case, inputs)
             baseline = self._fresh_memory_stats()
             out, first_s = self.clock.first_call(fn)
@@ -183,6 +212,8 @@ class RestoreRunner:
         except Exception as e:  # noqa: BLE001 - recorded in the row (out of memory, say); the others still run
             traceback.print_exc()
             row.update(status="error", note=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            if self.clock.cuda:
+                torch.cuda.empty_cache()  # an out-of-memory must not take the next rows with it
         return row
 
     def _metrics(self, case: Case, inputs: CaseInputs, window: dict, first_s: float) -> dict:
@@ -245,7 +276,7 @@ def skipped_row(case: Case, variant: str, reason: str, compile_mode: str = "defa
 
 def compare_with_compile(rows: list[dict]) -> None:
     """Note each fast-path row's time as a multiple of torch.compile's in the same case
-    (issue 4 accepts the fast path at <= 0.75x)."""
+    (the fast path is accepted at <= 0.75x: docs/design/performance.md)."""
     compiled = next((r for r in rows if r["variant"] == "compile" and r.get("status") == "ok"), None)
     if compiled is None:
         return

@@ -1,6 +1,6 @@
 """pytest-benchmark suite of ``group_norm_modulate_silu`` against its pure-torch twin.
 
-CUDA: issue 4's shapes in bf16 channels-last. CPU: small odd shapes (there the "kernel" is the
+CUDA: the acceptance shapes of the GPU run in bf16 channels-last. CPU: small odd shapes (there the "kernel" is the
 twin, so the two rows should match: the suite checks the harness, not the CPU)."""
 import pytest
 import torch
@@ -9,7 +9,7 @@ from resflow_fast.kernels import group_norm_modulate_silu, group_norm_modulate_s
 
 # per purpose, the CUDA shape and a small CPU analogue
 SHAPES = {
-    "acceptance": {"cuda": (1, 128, 512, 512), "cpu": (1, 32, 16, 16)},  # issue 4's shape; one channel a group on CPU
+    "acceptance": {"cuda": (1, 128, 512, 512), "cpu": (1, 32, 16, 16)},  # the acceptance shape; one channel a group on CPU
     "large": {"cuda": (1, 64, 2048, 2048), "cpu": (1, 64, 37, 53)},  # far beyond L2; odd H, W on CPU
     "batched": {"cuda": (4, 256, 256, 256), "cpu": (3, 128, 8, 8)},  # batch > 1, many channels
 }

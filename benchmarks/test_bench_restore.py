@@ -1,6 +1,7 @@
 """pytest-benchmark suite of the whole 4-step restore: the fp32 reference sampler, the fast path
-and (CUDA) the fast path as a CUDA graph. CUDA: the 19.1M model of anchors.md at 1024^2; CPU: the
-test preset at 32x32, where the fast path is the reference (ResFlowSampler falls back to it).
+and (CUDA) the fast path as a CUDA graph. CUDA: the 19.1M model of docs/design/performance.md at
+1024^2; CPU: the test preset at 32x32, where the fast path is the reference (ResFlowSampler falls
+back to it).
 The side-by-side table with every model, size and variant is ``python -m resflow_fast.benchmarks``."""
 import pytest
 

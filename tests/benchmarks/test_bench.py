@@ -1,7 +1,8 @@
-"""The benchmark harness end to end on the CPU (issue 3: "tiny preset, fast path replaced by the
-reference, so that it cannot rot"): it writes the JSON and the Markdown with every column, keeps
+"""The benchmark harness end to end on the CPU (tiny preset, the fast path replaced by the
+reference, so that it cannot rot): it writes the JSON and the Markdown with every column, keeps
 BENCHMARKS.md per card, reports what the budget skipped, refuses the interpreter and a missing GPU,
-and its dry run shows the plan."""
+and its dry run shows the plan. The plan itself, driven with fake rows on a fake clock and killed
+midway, is tested in test_device_call.py."""
 import json
 
 import pytest
@@ -52,6 +53,12 @@ def test_smoke_run_writes_every_row_and_column(smoke):
         assert f" {title} |" in md
     assert "| test (1.6M) | 32x32 | 1 | eager fp32 reference |" in md
     assert data["command"].startswith("python -m resflow_fast.benchmarks --device cpu")
+    assert all(r["phase"] == "matrix" and "estimate_s" in r for r in data["restore"])  # no acceptance model here
+    assert all("wall_s" in r for r in data["restore"] if r["status"] == "ok")
+    assert "running" not in data and data["elapsed_s"] > 0
+    euler = next(k for k in data["kernels"] if k["op"] == "euler_step")
+    assert [r["variant"] for r in euler["rows"]] == ["eager (twin), NCHW fp32", "resflow_fast, NCHW fp32",
+                                                     "eager (twin), sampler's call", "resflow_fast, sampler's call"]
 
 
 def test_smoke_run_updates_only_its_cards_section(smoke):
@@ -68,7 +75,7 @@ def test_budget_skips_are_reported(tmp_path, monkeypatch, capsys):
     assert data["kernels"][0]["error"].startswith("skipped: budget spent")
     assert [r["status"] for r in data["restore"]] == ["skipped"] * 5
     assert all("budget" in r["note"] or "compile" in r["note"] for r in data["restore"])
-    assert "| skipped | budget spent" in capsys.readouterr().out  # the progress line of each row
+    assert "| skipped | est 0 s | budget spent" in capsys.readouterr().out  # the progress line of each row
     assert "skipped; budget spent" in (tmp_path / "results.md").read_text()
 
 
@@ -90,10 +97,34 @@ def test_dry_run_shows_the_plan_within_the_budget(capsys):
     assert bench.main(["--dry-run", "--budget-s", "440"]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
-    assert lines[2].endswith("kernels")  # issue 4's rows first: the kernels, then 1024^2 batch 1
-    assert lines[3].endswith("bench19m 1024x1024 b1 eager fp32 reference")
+    # the acceptance rows first: the kernels, then bench19m and paper at 1024^2, batch 1
+    assert [line.split("  ")[-1] for line in lines[2:6]] == [
+        "kernel group_norm_modulate_silu 1x128x512x512", "kernel group_norm_modulate_silu 1x64x2048x2048",
+        "kernel group_norm_modulate_silu 4x256x256x256", "kernel euler_step 1x6x2048x2048"]
+    assert lines[6].endswith("bench19m 1024x1024 b1 torch.compile default, bf16 channels-last")
+    assert lines[7].endswith("bench19m 1024x1024 b1 resflow_fast")
+    assert lines[13].endswith("paper 1024x1024 b1 resflow_fast + fused conv (auto) + CUDA graph")
     assert "default 3840x2160 b8" in text and "skipped" in text
+    started = [float(line.split()[0]) for line in lines[2:-1] if line.split()[0] != "-"]
+    assert started == sorted(started)
     assert float(lines[-1].split()[-2]) <= 440  # "estimated end: N s"
+
+
+def test_dry_run_of_the_quick_call(capsys):
+    """--acceptance-only: the kernels and the eight acceptance rows, nothing else, not the conv table."""
+    assert bench.main(["--dry-run", "--acceptance-only", "--conv-layers", "--budget-s", "10000"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:-1]
+    assert len(lines) == 4 + 8 and not any("skipped" in line or line.split("  ")[-1].startswith("conv ")
+                                           for line in lines)
+    assert all(" 1024x1024 b1 " in line for line in lines[4:])
+
+
+def test_end_by_is_a_deadline_from_the_wall_clock():
+    args = bench.parse_args(["--end-by", "1000", "--budget-s", "440"])
+    budget = bench.make_budget(args, now=lambda: 0.0, wall=lambda: 900.0)
+    assert budget.seconds == 100.0 and "before --end-by" in budget.label
+    budget = bench.make_budget(args, now=lambda: 0.0, wall=lambda: 100.0)
+    assert budget.seconds == 440.0 and budget.label == "--budget-s 440"  # the budget comes first
 
 
 def test_bad_arguments_are_one_line(capsys):

@@ -1,10 +1,11 @@
-"""Tests of benchmarks/gpu_check.py: it is the benchmark restricted to the rows issue 4 is
+"""Tests of benchmarks/gpu_check.py: it is the benchmark restricted to the rows the GPU run is
 accepted on (the benchmark itself, refusals included, is tested in test_bench.py)."""
 from resflow_fast.benchmarks import gpu_check
 
 
-def test_asks_for_issue_4s_rows():
+def test_asks_for_the_acceptance_rows():
     argv = gpu_check.bench_argv("out", quick=False, budget_s=300.0)
+    assert "--acceptance-only" in argv
     assert argv[argv.index("--presets") + 1] == "bench19m,paper"
     assert argv[argv.index("--sizes") + 1] == "1024" and argv[argv.index("--batch") + 1] == "1"
     assert argv[argv.index("--budget-s") + 1] == "300.0"
