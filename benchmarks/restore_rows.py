@@ -204,6 +204,7 @@ class RestoreRunner:
             row.update(self._metrics(case, inputs, window, first_s))
             row.update(self._peak_memory(case, inputs, baseline))
             row["psnr_vs_ref"] = self._psnr(variant, out, inputs)
+            row["max_abs_err_vs_ref"] = self._max_abs_error(variant, out, inputs)
             if sampler is not None and sampler.cuda_graphs:
                 row["graph_pool_mib"] = sum(sampler.graph_memory_bytes().values()) / MiB
                 sampler.clear_graphs()
@@ -242,12 +243,21 @@ class RestoreRunner:
     def _psnr(self, variant: str, out: torch.Tensor, inputs: CaseInputs) -> float | None:
         from resflow_fast.reference.metrics import psnr
 
-        if variant == "fp32":
+        if variant == "fp32":  # the reference: kept for the other rows, not compared with itself
             inputs.reference = out.float()
+            return None
         if inputs.reference is None:
             return None
         value = psnr(out.float(), inputs.reference)
         return value if math.isfinite(value) else None
+
+    @staticmethod
+    def _max_abs_error(variant: str, out: torch.Tensor, inputs: CaseInputs) -> float | None:
+        """Largest |out - fp32 reference|; None for the reference itself or where none was made.
+        Beside the PSNR, which cannot tell identical outputs (infinite PSNR) from a missing reference."""
+        if variant == "fp32" or inputs.reference is None:
+            return None
+        return float((out.float() - inputs.reference).abs().max())
 
     def _fresh_memory_stats(self) -> tuple[int, int] | None:
         """Empty the caching allocator and reset its peaks; (allocated, reserved) bytes now, or

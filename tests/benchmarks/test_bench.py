@@ -38,12 +38,15 @@ def test_smoke_run_writes_every_row_and_column(smoke):
     for variant in ("fp32", "bf16", "fast"):
         row = rows[variant]
         assert row["status"] == "ok", row
-        assert 0 < row["median_ms"] <= row["p90_ms"] and row["reps"] >= 3 and row["first_call_s"] > 0
+        # reps: at least one; how many fit the timing window depends on the machine's speed
+        assert 0 < row["median_ms"] <= row["p90_ms"] and row["reps"] >= 1 and row["first_call_s"] > 0
         assert row["images_per_s"] > 0 and row["tflops"] > 0 and row["pct_matmul"] > 0
         assert row["joules_per_image"] is None  # no NVML on the CPU: missing, never zero
-    assert rows["fp32"]["psnr_vs_ref"] is None or rows["fp32"]["psnr_vs_ref"] > 100  # identical to itself
-    assert rows["fast"]["psnr_vs_ref"] is None or rows["fast"]["psnr_vs_ref"] > 100  # the reference on the CPU
-    assert 20 < rows["bf16"]["psnr_vs_ref"] < 100
+    # fp32 is the reference: it is not compared with itself
+    assert rows["fp32"]["psnr_vs_ref"] is None and rows["fp32"]["max_abs_err_vs_ref"] is None
+    # on the CPU the fast path runs the reference sampler: the same output to the bit
+    assert rows["fast"]["max_abs_err_vs_ref"] == 0.0
+    assert 20 < rows["bf16"]["psnr_vs_ref"] < 100 and 0 < rows["bf16"]["max_abs_err_vs_ref"] < 1
     assert rows["compile"]["status"] == "skipped" and "--compile none" in rows["compile"]["note"]
     assert rows["graph"]["status"] == "skipped" and "CUDA" in rows["graph"]["note"]
     assert {k["op"] for k in data["kernels"]} == {"group_norm_modulate_silu", "euler_step"}
