@@ -10,9 +10,9 @@ A dataset here maps a global sample index to one deterministic pair, computed fr
   accepts them; use a sequential or custom index sampler, not ``shuffle=True`` (which would try to
   permute 2**62 indices) - the index already is the randomness.
 
-Each ``sample(index)`` returns ``(hq, lq)``: float32 CHW tensors in [-1, 1] (the model range,
-resflow-math.md), both of shape (C, crop, crop). :func:`to_model_range` and
-:func:`from_model_range` are the only place that conversion is written.
+Each ``sample(index)`` returns ``(hq, lq)``: float32 CHW tensors in [-1, 1] (the model range of
+docs/design/math.md, "State and endpoints"), both of shape (C, crop, crop).
+:func:`to_model_range` and :func:`from_model_range` are the only place that conversion is written.
 
 Validation pairs come from a separate seed stream, ``default_rng([seed, index, VALIDATION_STREAM])``,
 which no training index reaches (see :func:`validation_set`).

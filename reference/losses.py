@@ -1,4 +1,4 @@
-"""The ResFlow velocity-matching loss (resflow-math.md, "Targets and loss").
+"""The ResFlow velocity-matching loss (docs/design/math.md, "Targets and loss").
 
     L = E_{t ~ U(0,1), pair, eps} [ lambda(t) * || v_theta(x_t, y_t, t) - dz/dt ||^2 ]
 

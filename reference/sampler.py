@@ -1,6 +1,6 @@
 """The ResFlow Euler sampler: integrate dz/dt = v_theta(z, t) from t = 1 (degraded) to t = 0.
 
-resflow-math.md, "Sampling": start at ``x = LQ``, ``y = eps ~ N(0, I)`` (seeded), then on the
+docs/design/math.md, "Sampling": start at ``x = LQ``, ``y = eps ~ N(0, I)`` (seeded), then on the
 uniform grid ``t_k = 1 - k/N``
 
     z <- z - (1/N) * v_theta(z, t_k),   k = 0 .. N-1

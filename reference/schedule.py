@@ -1,7 +1,7 @@
 """The ResFlow schedule: paths, auxiliary noise scale, target velocities and loss weight.
 
 Everything time-dependent in this project is derived here and nowhere else
-(see ``shared/design/resflow-math.md``). Symbols follow the paper:
+(``docs/design/math.md``, "Paths" and "Targets and loss"). Symbols follow the paper:
 
 * augmented state ``z_t = [x_t ; y_t]``, ``t = 0`` is the clean (HQ) end, ``t = 1`` the degraded end;
 * data path   ``x_t = alpha_x(t) * HQ + sigma_x(t) * LQ`` with ``alpha_x = 1 - t``, ``sigma_x = t``;
@@ -39,7 +39,7 @@ def sigma_y(t: TimeLike, beta: float = DEFAULT_BETA) -> TimeLike:
     """Entropy-preserving auxiliary scale, ``sigma_y(t) = beta / (1 - t + beta)``.
 
     ``(1 - t + beta) * sigma_y(t) = beta`` is constant in t: the volume (entropy) conservation
-    that names the schedule. Note ``sigma_y(0) = beta / (1 + beta)``, not 0 (resflow-math.md).
+    that names the schedule. Note ``sigma_y(0) = beta / (1 + beta)``, not 0 (docs/design/math.md, "Paths").
     """
     return beta / (1.0 - t + beta)
 

@@ -2,37 +2,12 @@
 dehazer for the haze rows.
 
 None of them is a runtime dependency: they come with the optional ``eval`` extra
-(``pip install -e ".[eval]"``), and a missing package makes its row say so instead of failing the
-evaluation. The ``bm3d`` package's licence is non-commercial, which is one more reason it is
-never required.
-
-The denoisers are *non-blind*: they are given the true noise sigma, which ResFlow is not. The
-dehazer is blind, as ResFlow is: it estimates the airlight and the transmission itself. Inputs and
-outputs are 8-bit RGB arrays (H, W, 3), as an image file would hold them.
-
-Parameters. BM3D and the wavelet denoiser take sigma directly. The three with a strength knob
-(OpenCV's and scikit-image's NL-means, TV) were tuned once on a grid of multiples of sigma, by PSNR
-on two 256x256 crops of *training* photographs (scikit-image's motorcycle_left and rocket, at
-sigma 15, 25 and 50), never on the evaluation images; at sigma 5 (added later) the same multiples
-are used, untuned there:
-
-* OpenCV ``fastNlMeansDenoisingColored`` (given BGR, its channel order): ``h = hColor = 0.6 sigma``
-  (grid 0.4-1.0; 0.6 best at all three sigmas), 7x7 template, 21x21 search window (OpenCV's
-  recommended sizes);
-* scikit-image ``denoise_nl_means``: ``h = 0.6 sigma`` with ``sigma`` given, fast mode, 5x5
-  patches, distance 6 (grid 0.4-1.2; 0.6 best at 15, within 0.1 dB of the best at 25, 0.5 dB
-  below 0.4 at 50);
-* scikit-image ``denoise_tv_chambolle``: ``weight = sigma`` (grid 0.5-3 sigma; best at 15 and 25,
-  0.4 dB below 1.5 sigma at 50).
-
-The dehazer is the dark channel prior (He, Sun and Tang, CVPR 2009 / TPAMI 2011) with its
-transmission refined by the guided filter (He, Sun and Tang, ECCV 2010 / TPAMI 2013) in place of
-the original soft matting, as the guided-filter paper proposes. The published constants are kept:
-omega = 0.95 (a trace of haze left for depth perception), airlight from the brightest 0.1 % of the
-dark channel, transmission floor t0 = 0.1, guided filter eps = 1e-3. The two sizes were picked
-once for 256x256 crops, by mean PSNR on the same two *training* crops under four draws each of
-the package's synthetic haze (12.06 dB in, 21.15 dB out at the chosen sizes): a 15x15 dark-channel patch (the paper's; grid 7, 15) and a guided-filter radius of 30 px
-(grid 15, 30, 60; the paper's 60 was for 600x400 images).
+(``pip install -e ".[eval]"``), and a missing package leaves its row out with a note instead of
+failing the evaluation (the ``bm3d`` package's licence is non-commercial, one more reason it is
+never required). The denoisers are *non-blind*: they are given the true noise sigma, which ResFlow
+is not. The dehazer is blind, as ResFlow is. Inputs and outputs are 8-bit RGB arrays (H, W, 3), as
+an image file would hold them. Every tuned parameter was chosen on crops of *training*
+photographs, never on the evaluation's images; the functions below say how.
 """
 from __future__ import annotations
 
@@ -64,9 +39,14 @@ def _bm3d(noisy: np.ndarray, sigma: float) -> np.ndarray:
     return _to_u8(bm3d.bm3d_rgb(_to01(noisy), sigma_psd=sigma / 255.0))
 
 
+# The three denoisers with a strength knob were tuned once on a grid of multiples of sigma, by PSNR on
+# two 256x256 crops of training photographs (scikit-image's motorcycle_left and rocket) at sigma
+# 15, 25 and 50; at sigma 5 the same multiples are used, untuned there.
 def _opencv_nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     import cv2
 
+    # h = hColor = 0.6 sigma (grid 0.4-1.0; 0.6 best at all three sigmas); 7x7 template and 21x21
+    # search window, OpenCV's recommended sizes
     h = 0.6 * sigma
     # OpenCV's colour images are BGR: it splits luminance from colour (CIELAB) assuming that order
     bgr = cv2.cvtColor(np.ascontiguousarray(noisy), cv2.COLOR_RGB2BGR)
@@ -76,6 +56,8 @@ def _opencv_nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
 def _skimage_nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
+    # h = 0.6 sigma with sigma given, fast mode, 5x5 patches, distance 6 (grid 0.4-1.2; 0.6 best at
+    # 15, within 0.1 dB of the best at 25, 0.5 dB below 0.4 at 50)
     s = sigma / 255.0
     return _to_u8(denoise_nl_means(_to01(noisy), h=0.6 * s, sigma=s, fast_mode=True, patch_size=5,
                                    patch_distance=6, channel_axis=-1))
@@ -84,6 +66,7 @@ def _skimage_nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
 def _skimage_tv(noisy: np.ndarray, sigma: float) -> np.ndarray:
     from skimage.restoration import denoise_tv_chambolle
 
+    # weight = sigma (grid 0.5-3 sigma; best at 15 and 25, 0.4 dB below 1.5 sigma at 50)
     return _to_u8(denoise_tv_chambolle(_to01(noisy), weight=sigma / 255.0, channel_axis=-1))
 
 
@@ -97,11 +80,16 @@ def _skimage_wavelet(noisy: np.ndarray, sigma: float) -> np.ndarray:
 
 
 # dark channel prior --------------------------------------------------------------------------
-_DCP_PATCH = 15          # dark-channel window (px)
-_DCP_OMEGA = 0.95        # fraction of the haze removed
+# He, Sun and Tang (CVPR 2009 / TPAMI 2011), with the transmission refined by the guided filter (He,
+# Sun and Tang, ECCV 2010 / TPAMI 2013) in place of the original soft matting, as the guided-filter
+# paper proposes. The published constants are kept; the two sizes were picked once for 256x256
+# crops, by mean PSNR on the same two training crops under four draws each of the package's
+# synthetic haze (12.06 dB in, 21.15 dB out at the chosen sizes).
+_DCP_PATCH = 15          # dark-channel window (px): the paper's (grid 7, 15)
+_DCP_OMEGA = 0.95        # fraction of the haze removed: a trace is left for depth perception
 _DCP_T_FLOOR = 0.1       # transmission floor: dividing by less would blow up noise in dense haze
-_DCP_AIRLIGHT_FRACTION = 0.001
-_GUIDED_RADIUS = 30      # px, for 256x256 crops
+_DCP_AIRLIGHT_FRACTION = 0.001  # the airlight comes from the brightest 0.1 % of the dark channel
+_GUIDED_RADIUS = 30      # px, for 256x256 crops (grid 15, 30, 60; the paper's 60 was for 600x400 images)
 _GUIDED_EPS = 1e-3
 
 

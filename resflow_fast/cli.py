@@ -447,9 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     # `resflow bench ...` hands all its arguments to the benchmark's own parser (see main()).
     sub.add_parser("bench", help="the side-by-side benchmark table (GPU); `resflow bench --help` for its options",
                    add_help=False)
-    # `resflow eval ...` likewise hands its arguments to resflow_fast.evaluate's parser.
-    sub.add_parser("eval", help="regenerate docs/EVAL.md: the embedded models against classical restorers; "
-                   "`resflow eval --help` for its options", add_help=False)
+    from .evaluation import command as eval_command
+
+    v = sub.add_parser("eval", help="measure the embedded models against classical restorers on held-out "
+                       "photographs (EVAL.md, eval.json, a figure)", description=eval_command.DESCRIPTION)
+    eval_command.add_arguments(v)
+    v.set_defaults(func=eval_command.run)
     return parser
 
 
@@ -460,9 +463,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:], prog="resflow bench")
     if argv[:1] == ["eval"]:
-        from .evaluate import main as eval_main
-
-        run = lambda: eval_main(argv[1:], prog="resflow eval")  # noqa: E731
+        args = build_parser().parse_args(argv)
+        run = lambda: args.func(args, " ".join(["resflow", *argv]))  # noqa: E731  (the report records it)
     else:
         args = build_parser().parse_args(argv)
         run = lambda: args.func(args)  # noqa: E731

@@ -3,8 +3,8 @@
 Every file is a natural photograph shipped inside a package anyone can install: Debian's
 wallpaper packages (``apt-get download`` + ``dpkg -x``, no root needed), scikit-image's data
 folder and scikit-learn's wheel. Renders, paintings, text pages and anything an evaluation uses
-are left out (the evaluation's photographs are listed in ``resflow_fast.evaluate``), so results
-stay checkable on photographs the models never saw.
+are left out (the evaluation's photographs are listed in ``resflow_fast.evaluation.images``), so
+results stay checkable on photographs the models never saw.
 
 ``resflow training-photos OUT`` copies them into one folder, named ``<source>-<name>``, and
 checks each against the SHA-256 below; ``list_sha256()`` is the digest of this list, printed in

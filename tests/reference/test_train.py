@@ -24,7 +24,6 @@ def _tiny(tmp_path, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.slow
 def test_learning_works_on_procedural_noise(tmp_path):
     """A test-sized model, a few hundred steps on dead-leaves crops with sigma 25/255 noise,
     restores held-out images (another seed, another size) at least 3 dB above the noisy input."""
@@ -151,7 +150,6 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     """Also the last step is a checkpoint step: every rank must agree not to save twice."""
     script = tmp_path / "ddp_train.py"

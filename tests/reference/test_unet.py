@@ -50,7 +50,8 @@ def test_batch_elements_are_independent(tiny):
 
 
 @pytest.mark.parametrize("name, millions", [("bench19m", 19.1), ("paper", 118.8)])
-def test_preset_sizes_match_the_anchors(name, millions):
+def test_preset_sizes_match_the_benchmark_baselines(name, millions):
+    """The two models docs/design/performance.md times must be the presets of the same names."""
     model = build_unet(name)
     assert count_parameters(model) / 1e6 == pytest.approx(millions, abs=0.05)
 
