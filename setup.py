@@ -13,7 +13,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["resflow_fast", "resflow_fast.reference", "resflow_fast.kernels", "resflow_fast.benchmarks"],
+    packages=["resflow_fast", "resflow_fast.evaluation", "resflow_fast.reference", "resflow_fast.kernels",
+              "resflow_fast.benchmarks"],
     package_dir={
         "resflow_fast": "resflow_fast",
         "resflow_fast.reference": "reference",
