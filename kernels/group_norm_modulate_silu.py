@@ -46,8 +46,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
+from ..reference.unet import modulated_group_norm
+from ._group_stats import merge_channels_per_group, merge_tiles_per_channel
 from ._runtime import (
     as_dense_4d,
     cdiv,
@@ -91,8 +92,8 @@ def _tile_offsets(n, c, p, C, HW, CHANNELS_LAST: tl.constexpr):
 @triton.jit(do_not_specialize=["HW", "num_tiles", "num_chunks", "tiles_per_chunk"])
 def _gn_partial_stats_kernel(
     x_ptr,  # (N, C, H, W) fp32/bf16/fp16, dense NCHW or NHWC (CHANNELS_LAST)
-    mean_ptr,  # (N, C, num_chunks) fp32 out: mean of each channel over the chunk's pixels
-    m2_ptr,  # (N, C, num_chunks) fp32 out: sum of squared deviations from that mean
+    mean_ptr,  # (N, num_chunks, C) fp32 out: mean of each channel over the chunk's pixels
+    m2_ptr,  # (N, num_chunks, C) fp32 out: sum of squared deviations from that mean
     C, HW, num_c_blocks, num_tiles, num_chunks, tiles_per_chunk,
     CHANNELS_LAST: tl.constexpr,
     BLOCK_P: tl.constexpr,  # pixels per tile
@@ -131,15 +132,15 @@ def _gn_partial_stats_kernel(
     total_d = tl.sum(sum_d, axis=0)
     mean = tl.sum(pivot, axis=0) + total_d / count
     m2 = tl.maximum(tl.sum(sum_d2, axis=0) - total_d * total_d / count, 0.0)
-    out = (n.to(tl.int64) * C + c) * num_chunks + chunk
+    out = (n.to(tl.int64) * num_chunks + chunk) * C + c
     tl.store(mean_ptr + out, mean, mask=c_mask)
     tl.store(m2_ptr + out, m2, mask=c_mask)
 
 
 @triton.jit(do_not_specialize=["HW", "num_chunks", "chunk_pixels"])
 def _gn_combine_fold_kernel(
-    mean_ptr,  # (N, C, num_chunks) fp32: chunk means from _gn_partial_stats_kernel
-    m2_ptr,  # (N, C, num_chunks) fp32: chunk M2
+    mean_ptr,  # (N, num_chunks, C) fp32: chunk means from _gn_partial_stats_kernel
+    m2_ptr,  # (N, num_chunks, C) fp32: chunk M2
     weight_ptr,  # (C,) any float dtype
     bias_ptr,  # (C,) any float dtype
     scale_ptr,  # (N, C) any float dtype, strides (stride_scale_n, stride_scale_c); read if HAS_SCALE
@@ -160,8 +161,6 @@ def _gn_combine_fold_kernel(
     j = tl.arange(0, BLOCK_G)
     c = group * group_size + j
     c_mask = j < group_size
-    # a group's partials are group_size rows of num_chunks contiguous values
-    rows = (n.to(tl.int64) * C + c)[:, None] * num_chunks  # [BLOCK_G, 1]
     # the affine and modulation parameters do not depend on the statistics: load them first so
     # their latency overlaps the partials' (this kernel is a short chain of dependent loads)
     weight = tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
@@ -174,31 +173,11 @@ def _gn_combine_fold_kernel(
         shift = tl.load(shift_ptr + n * stride_shift_n + c * stride_shift_c, mask=c_mask, other=0.0)
         b = b + shift.to(tl.float32)
 
-    # Combine all chunk partials of the group in one go (the k-way form of Chan's update):
-    #   mean = sum_k n_k mean_k / n,   M2 = sum_k [ M2_k + n_k (mean_k - mean)^2 ].
-    # Two sweeps over the (small) partials keep the deviations exact; the first sums deviations
-    # from one chunk's mean, so a large |mean| does not round the sum.
-    total = HW.to(tl.float32) * group_size
-    pivot = tl.load(mean_ptr + (n.to(tl.int64) * C + group * group_size) * num_chunks)
-    weighted_sum = tl.zeros([BLOCK_G, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, num_chunks, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        mask = c_mask[:, None] & (k < num_chunks)[None, :]
-        chunk_count = tl.minimum(HW - k * chunk_pixels, chunk_pixels).to(tl.float32)  # last chunk is short
-        chunk_mean = tl.load(mean_ptr + rows + k[None, :], mask=mask, other=0.0)
-        weighted_sum += tl.where(mask, chunk_count[None, :] * (chunk_mean - pivot), 0.0)
-    mean = pivot + tl.sum(tl.sum(weighted_sum, axis=1), axis=0) / total
-
-    m2_acc = tl.zeros([BLOCK_G, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, num_chunks, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        mask = c_mask[:, None] & (k < num_chunks)[None, :]
-        chunk_count = tl.minimum(HW - k * chunk_pixels, chunk_pixels).to(tl.float32)
-        chunk_mean = tl.load(mean_ptr + rows + k[None, :], mask=mask, other=0.0)
-        chunk_m2 = tl.load(m2_ptr + rows + k[None, :], mask=mask, other=0.0)
-        deviation = chunk_mean - mean
-        m2_acc += tl.where(mask, chunk_m2 + chunk_count[None, :] * deviation * deviation, 0.0)
-    var = tl.sum(tl.sum(m2_acc, axis=1), axis=0) / total  # biased, as torch's GroupNorm
+    # chunk k covers pixels [k * chunk_pixels, ...): the tile grid (1, HW) of kernels._group_stats
+    mean_c, m2_c = merge_tiles_per_channel(mean_ptr, m2_ptr, n.to(tl.int64) * num_chunks * C, c, c_mask, num_chunks,
+                                           C, 1, HW, 1, chunk_pixels, num_chunks, BLOCK_K)
+    mean, var = merge_channels_per_group(mean_c[None, :], m2_c[None, :], c_mask[None, :], (j == 0)[None, :],
+                                         HW.to(tl.float32))
     rstd = 1.0 / tl.sqrt(var + eps)
 
     # fold normalisation, affine and modulation into y = A * (x - mean) + B
@@ -284,7 +263,7 @@ class StatsSplit:
 
 def combine_block_k(cfg: GroupNormConfig, block_g: int) -> int:
     """Chunks per step of pass 2: all of them (at most cfg.stats_programs) in one step when the
-    [BLOCK_G, BLOCK_K] tile stays within 8192 values, so the pass is not a chain of loads."""
+    [BLOCK_K, BLOCK_G] tile stays within 8192 values, so the pass is not a chain of loads."""
     return max(1, min(next_power_of_2(cfg.stats_programs), 8192 // block_g))
 
 
@@ -308,7 +287,7 @@ def _launch(x, num_groups, weight, bias, scale, shift, eps, apply_silu, out) -> 
     num_c_blocks, num_tiles = split.num_c_blocks, split.num_tiles
     tiles_per_chunk, num_chunks = split.tiles_per_chunk, split.num_chunks
 
-    chunk_mean = torch.empty((N, C, num_chunks), dtype=torch.float32, device=x.device)
+    chunk_mean = torch.empty((N, num_chunks, C), dtype=torch.float32, device=x.device)
     chunk_m2 = torch.empty_like(chunk_mean)
     _gn_partial_stats_kernel[(N * num_c_blocks * num_chunks,)](
         x, chunk_mean, chunk_m2,
@@ -426,15 +405,10 @@ def _validate(x, num_groups, weight, bias, scale, shift, eps, apply_silu, out):
 
 
 def _reference_fp32(x, num_groups, weight, bias, scale, shift, eps, apply_silu) -> torch.Tensor:
-    """Equation (1) in fp32 with torch ops, in x's layout, still fp32."""
-    h = F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
-    if scale is not None:
-        h = h * (1.0 + scale.float()[:, :, None, None])
-    if shift is not None:
-        h = h + shift.float()[:, :, None, None]
-    if apply_silu:
-        h = F.silu(h)
-    return h
+    """Equation (1) in fp32: the reference's definition fed fp32 copies, in x's layout."""
+    return modulated_group_norm(x.float(), num_groups, weight.float(), bias.float(), eps,
+                                scale.float() if scale is not None else None,
+                                shift.float() if shift is not None else None, silu=apply_silu)
 
 
 def group_norm_modulate_silu_reference(

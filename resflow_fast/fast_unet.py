@@ -45,7 +45,16 @@ import torch.nn.functional as F
 
 from .conv_dispatch import ConvDispatch, ConvKey, is_capturing
 from .kernels import euler_step, fused_conv3x3, fused_conv3x3_euler, group_norm_modulate_silu, pack_conv3x3_weight
-from .reference.unet import AttentionBlock, Downsample, GroupNorm32, ResBlock, Stage, UNet, Upsample
+from .reference.unet import (
+    AttentionBlock,
+    Downsample,
+    GroupNorm32,
+    ResBlock,
+    Stage,
+    UNet,
+    Upsample,
+    group_norm_coefficients,
+)
 
 
 _LOG = logging.getLogger("resflow_fast")
@@ -88,22 +97,8 @@ def fold_group_norm(mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor
     2^-24 |mean| / std, see kernels/group_norm_modulate_silu.py): harmless for U-Net activations,
     whose group means are within a few std of 0, but why the standalone norm centres instead.
     """
-    N, G = mean.shape
-    C = weight.shape[0] if weight is not None else (scale.shape[1] if scale is not None else None)
-    if C is None or C % G:
-        raise ValueError(f"fold_group_norm: cannot tell C from weight/scale, or C={C} is not a multiple of G={G}")
-    per_group = C // G
-    m = mean.float().repeat_interleave(per_group, dim=1)
-    a = rstd.float().repeat_interleave(per_group, dim=1)
-    if weight is not None:
-        a = a * weight.float()
-    b = (bias.float() if bias is not None else torch.zeros(C, device=mean.device)).expand(N, C)
-    if scale is not None:
-        one_plus = 1.0 + scale.float()
-        a = a * one_plus
-        b = b * one_plus
-    if shift is not None:
-        b = b + shift.float()
+    a, b = group_norm_coefficients(rstd, weight, bias, scale, shift)
+    m = mean.float().repeat_interleave(a.shape[1] // mean.shape[1], dim=1)
     return a.contiguous(), (b - a * m).contiguous()
 
 
