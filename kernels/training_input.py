@@ -23,15 +23,16 @@ from ._runtime import (
     check_shape,
     check_tensor,
     decode_index,
-    dense_offset,
     empty_like_layout,
     is_channels_last,
     is_dense_4d,
     on_device_of,
     record_launch,
+    samples_aligned,
     tl,
     triton,
     use_triton,
+    walk_offset,
 )
 from ._training_common import BLOCK, NUM_WARPS, per_sample_time, same_sample_offset, validate_images
 
@@ -46,30 +47,38 @@ def _training_input_kernel(
     C, HW,
     HAS_Y: tl.constexpr,
     HQ_CL: tl.constexpr, LQ_CL: tl.constexpr, EPS_CL: tl.constexpr, Z_CL: tl.constexpr,
+    ALIGNED: tl.constexpr,  # C * HW % 16 == 0 (checked by the launcher): sample bases are 16-byte aligned
     BLOCK: tl.constexpr,
 ):
     n = tl.program_id(1)
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = i < C * HW
+    numel = C * HW  # elements of one sample of hq
+    base = n.to(tl.int64) * numel  # int64: N * C * H * W can pass 2**31
+    if ALIGNED:  # tell the compiler, so accesses contiguous along i become 16-byte vectors
+        numel = tl.multiple_of(numel, 16)
+        base = tl.multiple_of(base, 16)
+    mask = i < numel
     c, p = decode_index(i, C, HW, HQ_CL)
     if HAS_Y:
         C_z = 2 * C
+        z_base = 2 * base
     else:
         C_z = C
-    base = n.to(tl.int64) * C * HW  # int64: N * C * H * W can pass 2**31
-    z_base = n.to(tl.int64) * C_z * HW
+        z_base = base
 
     alpha_x = tl.load(coef_ptr + n * 3)
     sigma_x = tl.load(coef_ptr + n * 3 + 1)
     hq = tl.load(hq_ptr + base + i, mask=mask, other=0.0).to(tl.float32)
     lq = tl.load(lq_ptr + base + same_sample_offset(i, c, p, C, HW, LQ_CL, HQ_CL), mask=mask, other=0.0)
     x_t = alpha_x * hq + sigma_x * lq.to(tl.float32)  # (3)
-    tl.store(z_ptr + z_base + dense_offset(c, p, C_z, HW, Z_CL), x_t.to(z_ptr.dtype.element_ty), mask=mask)
+    tl.store(z_ptr + z_base + walk_offset(i, c, p, C_z, 0, 0, HW, Z_CL, HQ_CL), x_t.to(z_ptr.dtype.element_ty),
+             mask=mask)
     if HAS_Y:
         sigma_y = tl.load(coef_ptr + n * 3 + 2)
         eps = tl.load(eps_ptr + base + same_sample_offset(i, c, p, C, HW, EPS_CL, HQ_CL), mask=mask, other=0.0)
         y_t = sigma_y * eps.to(tl.float32)  # (3)
-        tl.store(z_ptr + z_base + dense_offset(c + C, p, C_z, HW, Z_CL), y_t.to(z_ptr.dtype.element_ty), mask=mask)
+        tl.store(z_ptr + z_base + walk_offset(i, c, p, C_z, C, numel, HW, Z_CL, HQ_CL),
+                 y_t.to(z_ptr.dtype.element_ty), mask=mask)
 
 
 def path_coefficients(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
@@ -97,7 +106,7 @@ def _training_input_into(hq, lq, eps, coefficients, out) -> None:
                 hq, lq, eps if eps is not None else hq, coefficients, out, C, H * W,
                 HAS_Y=eps is not None, HQ_CL=is_channels_last(hq), LQ_CL=is_channels_last(lq),
                 EPS_CL=eps is not None and is_channels_last(eps), Z_CL=is_channels_last(out),
-                BLOCK=BLOCK, num_warps=NUM_WARPS,
+                ALIGNED=samples_aligned(C * H * W), BLOCK=BLOCK, num_warps=NUM_WARPS,
             )
         record_launch("training_input")
     else:

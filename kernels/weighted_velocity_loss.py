@@ -26,15 +26,16 @@ from ._runtime import (
     check_shape,
     check_tensor,
     decode_index,
-    dense_offset,
     empty_like_layout,
     is_channels_last,
     needs_autograd,
     on_device_of,
     record_launch,
+    samples_aligned,
     tl,
     triton,
     use_triton,
+    walk_offset,
 )
 from ._training_common import BLOCK, NUM_WARPS, per_sample_time, same_sample_offset, validate_images
 
@@ -52,26 +53,32 @@ def _velocity_loss_kernel(
     HAS_Y: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     HQ_CL: tl.constexpr, LQ_CL: tl.constexpr, EPS_CL: tl.constexpr, V_CL: tl.constexpr,
+    ALIGNED: tl.constexpr,  # C * HW % 16 == 0 (checked by the launcher): sample bases are 16-byte aligned
     BLOCK: tl.constexpr,
 ):
     n = tl.program_id(1)
     block = tl.program_id(0)
     i = block * BLOCK + tl.arange(0, BLOCK)
-    mask = i < C * HW
+    numel = C * HW  # elements of one sample of hq
+    base = n.to(tl.int64) * numel  # int64: N * C * H * W can pass 2**31
+    if ALIGNED:  # tell the compiler, so accesses contiguous along i become 16-byte vectors
+        numel = tl.multiple_of(numel, 16)
+        base = tl.multiple_of(base, 16)
+    mask = i < numel
     c, p = decode_index(i, C, HW, HQ_CL)
     if HAS_Y:
         C_v = 2 * C
+        v_base = 2 * base
     else:
         C_v = C
-    base = n.to(tl.int64) * C * HW
-    v_base = n.to(tl.int64) * C_v * HW
+        v_base = base
 
     d_alpha_x = tl.load(coef_ptr + n * 4)
     d_sigma_x = tl.load(coef_ptr + n * 4 + 1)
     loss_weight = tl.load(coef_ptr + n * 4 + 3)
     hq = tl.load(hq_ptr + base + i, mask=mask, other=0.0).to(tl.float32)
     lq = tl.load(lq_ptr + base + same_sample_offset(i, c, p, C, HW, LQ_CL, HQ_CL), mask=mask, other=0.0)
-    v_x_offset = v_base + dense_offset(c, p, C_v, HW, V_CL)
+    v_x_offset = v_base + walk_offset(i, c, p, C_v, 0, 0, HW, V_CL, HQ_CL)
     v_x = tl.load(v_ptr + v_x_offset, mask=mask, other=0.0).to(tl.float32)
     error_x = v_x - (d_alpha_x * hq + d_sigma_x * lq.to(tl.float32))  # v - dz/dt, x half (4)
     squared = error_x * error_x
@@ -81,7 +88,7 @@ def _velocity_loss_kernel(
     if HAS_Y:
         sigma_y_derivative = tl.load(coef_ptr + n * 4 + 2)
         eps = tl.load(eps_ptr + base + same_sample_offset(i, c, p, C, HW, EPS_CL, HQ_CL), mask=mask, other=0.0)
-        v_y_offset = v_base + dense_offset(c + C, p, C_v, HW, V_CL)
+        v_y_offset = v_base + walk_offset(i, c, p, C_v, C, numel, HW, V_CL, HQ_CL)
         v_y = tl.load(v_ptr + v_y_offset, mask=mask, other=0.0).to(tl.float32)
         error_y = v_y - sigma_y_derivative * eps.to(tl.float32)  # v - dz/dt, y half (4)
         squared += error_y * error_y
@@ -129,7 +136,7 @@ def _velocity_loss_and_grad(v, hq, lq, eps, coefficients, compute_grad):
                 HAS_Y=eps is not None, WRITE_GRAD=compute_grad,
                 HQ_CL=is_channels_last(hq), LQ_CL=is_channels_last(lq),
                 EPS_CL=eps is not None and is_channels_last(eps), V_CL=is_channels_last(v),
-                BLOCK=BLOCK, num_warps=NUM_WARPS,
+                ALIGNED=samples_aligned(C * H * W), BLOCK=BLOCK, num_warps=NUM_WARPS,
             )
         record_launch("velocity_loss")
         # a fixed-shape torch reduction: deterministic run to run, unlike atomics

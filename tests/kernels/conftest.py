@@ -51,7 +51,7 @@ def _triton_enabled(monkeypatch):
 
 @pytest.fixture
 def kernel_device():
-    """Where the Triton kernels run in this session: "cpu" under the interpreter, else "cuda"
+    """Where the Triton kernels run in this test run: "cpu" under the interpreter, else "cuda"
     (tests that only need *a* kernel path, such as opcheck and torch.compile, use it)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return "cpu"

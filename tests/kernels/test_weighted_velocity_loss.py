@@ -18,6 +18,7 @@ SHAPES = [
     pytest.param((1, 3, 3, 5), id="tiny-3x5-batch1"),
     pytest.param((2, 3, 37, 53), id="odd-37x53-batch2"),  # several blocks per sample
     pytest.param((3, 1, 4, 1), id="grey-4x1-batch3"),
+    pytest.param((2, 3, 4, 8), id="aligned-4x8-batch2"),  # C*H*W % 16 == 0: the hinted (16-byte) addressing
 ]
 
 
@@ -240,6 +241,7 @@ def test_cuda_loss_is_deterministic_and_sizes_do_not_recompile(training_images):
         again, again_grad = loss_and_grad(weighted_velocity_loss, args[0].detach(), *args[1:], schedule)
         assert torch.equal(again, loss) and torch.equal(again_grad, grad)
     run(1, 1)  # a 1x1 image is NCHW- and NHWC-dense at once and takes the NCHW variant: warm it too
+    run(37, 53)  # C*H*W not a multiple of 16: the variant without alignment hints, the only other one
     variants = [_runtime.compiled_variants(k) for k in kernels]
     for h, w in ((37, 53), (255, 257), (1, 1), (512, 384), (17, 1)):
         run(h, w)
