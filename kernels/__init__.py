@@ -14,12 +14,15 @@ from .euler_step import euler_step, euler_step_reference, exact_y_scale
 from .fused_conv3x3 import fused_conv3x3, fused_conv3x3_reference, pack_conv3x3_weight
 from .fused_conv3x3_euler import fused_conv3x3_euler, fused_conv3x3_euler_reference
 from .group_norm_modulate_silu import group_norm_modulate_silu, group_norm_modulate_silu_reference
+from .group_stats import group_stats, group_stats_reference
 from .training_input import training_input, training_input_reference
 from .weighted_velocity_loss import weighted_velocity_loss, weighted_velocity_loss_reference
 
 __all__ = [
     "group_norm_modulate_silu",
     "group_norm_modulate_silu_reference",
+    "group_stats",
+    "group_stats_reference",
     "euler_step",
     "euler_step_reference",
     "exact_y_scale",
