@@ -3,32 +3,34 @@
 launch plan, the weight layout and the checks both ops make.
 
 Each op's kernel is ``conv_tile`` + ``conv3x3_accumulate`` + its own epilogue. The GEMM:
-M = the output pixels of one sample, N = C_out, K = 9 taps x C_in. A program owns a
-[BLOCK_M pixels, BLOCK_N channels] output tile; for every (tap, block of BLOCK_K input channels)
-it gathers the [BLOCK_M, BLOCK_K] input tile of that tap (masked where the tap falls in the
-padding), applies the prologue
+M = the output pixels of one sample, N = C_out, K = 9 taps x C_in, with the prologue
 
     a = SiLU(A[n, c] * x + B[n, c]),   a = 0 for taps outside the image                      (1)
-
-in fp32, casts to x's dtype and feeds ``tl.dot`` with an fp32 accumulator:
-
     acc[n, o, i, j] = sum_{c, kh, kw} W[o, c, kh, kw] a[n, c, s*i - 1 + kh, s*j - 1 + kw]          (2)
 
-(stride s in {1, 2}, padding 1, so H_out = ceil(H / s)). Padding is applied to ``a``, not to x: a
-padded tap contributes 0, never ``silu(B)`` (docs/design/architecture.md, "Numerics contract").
+(stride s in {1, 2}, padding 1, so H_out = ceil(H / s)), fp32 accumulation. Padding is applied to
+``a``, not to x: a padded tap contributes 0, never ``silu(B)`` (docs/design/architecture.md,
+"Numerics contract"). A program owns a [BLOCK_M pixels, BLOCK_N channels] output tile and walks K
+in blocks of BLOCK_K input channels, in one of two ways:
 
-Pixel tiles are runs of BLOCK_M consecutive output pixels, or, for the TMA variant
-(``RESFLOW_CONV_TMA=1``, stride 1, see :func:`tma_eligible`), boxes of TILE_H x TILE_W pixels:
-for tap (kh, kw) their input is the same box shifted by (kh - 1, kw - 1), one tensor-descriptor
-(TMA) load from the NHWC input whose out-of-image rows and columns and channels past C_in arrive
-as zeros; the weight tile is a second descriptor load over the weight viewed as (tap, C_in, C_out).
+* the halo (stride 1 with a prologue): the pixel tile is a TILE_H x TILE_W box; per channel block
+  its (TILE_H + 2) x (TILE_W + 2) input halo is loaded and activated once, and the 9 taps gather
+  their shifted windows from it, so each input element is activated once per channel block;
+* per tap (stride 2, or no prologue): each (tap, channel block) loads the input tile of that tap,
+  masked where it falls in the padding, and activates it when there is a prologue.
+
+The TMA variant (``RESFLOW_CONV_TMA=1``, stride 1, see :func:`tma_eligible`) loads the weight
+tiles with a tensor descriptor over the weight viewed as (tap, C_in, C_out); without a prologue it
+also loads each tap's input box with one from the NHWC input (out-of-image rows and columns and
+channels past C_in arrive as zeros) and hands it to the dot as it arrives, while with a prologue
+the input goes through the halo, which the activation needs in registers anyway.
 
 Layouts: activations dense NHWC (``torch.channels_last``); weights repacked once to
 (9 * C_in, C_out), row ``(kh * 3 + kw) * C_in + c``, in x's dtype (:func:`pack_conv3x3_weight`).
-Numerics: fp32 accumulation; fp32 inputs use full-precision products ("ieee", not TF32); with
-bf16/fp16 inputs the activation (1) is rounded to x's dtype before the dot, one more rounding than
-the fp32 twin has. Sizes are runtime arguments excluded from Triton's integer specialisation, so a
-new image size never recompiles; block sizes depend on the channel counts and dtype only.
+Numerics: fp32 inputs use full-precision products ("ieee", not TF32); with bf16/fp16 inputs the
+activation (1) is rounded to x's dtype before the dot, one more rounding than the fp32 twin has.
+Sizes are runtime arguments excluded from Triton's integer specialisation, so a new image size
+never recompiles; block sizes depend on the channel counts and dtype only.
 """
 import math
 import os
@@ -38,7 +40,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._runtime import cdiv, check_shape, check_tensor, next_power_of_2, tl, triton
+from ._runtime import cdiv, check_shape, check_tensor, next_power_of_2, silu, tl, triton
 
 try:  # host-side tensor descriptors (TMA on Hopper; the interpreter emulates them)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -112,15 +114,48 @@ def conv3x3_accumulate(x_ptr, w_ptr, x_desc, w_desc, pro_a_ptr, pro_b_ptr,
                        n32, oh_first, ow_first, oh, ow, p_mask, n_tile, co, co_mask,
                        C_in, C_out, H, W,
                        STRIDE: tl.constexpr, HAS_PROLOGUE: tl.constexpr, USE_TMA: tl.constexpr,
-                       IEEE_FP32: tl.constexpr, UPCAST_BF16: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       HALO: tl.constexpr, IEEE_FP32: tl.constexpr, UPCAST_BF16: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_M: tl.constexpr):
     """The fp32 [BLOCK_M, BLOCK_N] accumulator of (2) for one output tile, prologue (1) applied."""
+    if HALO:
+        acc = _accumulate_from_halo(x_ptr, w_ptr, w_desc, pro_a_ptr, pro_b_ptr, n32, oh_first, ow_first,
+                                    n_tile, co, co_mask, C_in, C_out, H, W, USE_TMA, IEEE_FP32, UPCAST_BF16,
+                                    BLOCK_M, BLOCK_N, BLOCK_K, TILE_H, TILE_W, HALO_M)
+    else:
+        acc = _accumulate_per_tap(x_ptr, w_ptr, x_desc, w_desc, pro_a_ptr, pro_b_ptr, n32, oh_first, ow_first,
+                                  oh, ow, p_mask, n_tile, co, co_mask, C_in, C_out, H, W, STRIDE, HAS_PROLOGUE,
+                                  USE_TMA, IEEE_FP32, UPCAST_BF16, BLOCK_M, BLOCK_N, BLOCK_K)
+    return acc
+
+
+@triton.jit
+def _weight_tile(w_ptr, w_desc, tap, k_first, ci, ci_mask, n_tile, co, co_mask, C_in, C_out,
+                 USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [BLOCK_K, BLOCK_N] weight tile of one tap and channel block (zeros past C_in, C_out)."""
+    if USE_TMA:
+        w = w_desc.load([tap, k_first, n_tile * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)
+    else:
+        w = tl.load(w_ptr + (tap * C_in + ci)[:, None] * C_out + co[None, :],
+                    mask=ci_mask[:, None] & co_mask[None, :], other=0.0)
+    return w
+
+
+@triton.jit
+def _accumulate_per_tap(x_ptr, w_ptr, x_desc, w_desc, pro_a_ptr, pro_b_ptr,
+                        n32, oh_first, ow_first, oh, ow, p_mask, n_tile, co, co_mask, C_in, C_out, H, W,
+                        STRIDE: tl.constexpr, HAS_PROLOGUE: tl.constexpr, USE_TMA: tl.constexpr,
+                        IEEE_FP32: tl.constexpr, UPCAST_BF16: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(2) tap by tap: each (tap, channel block) loads the input tile that tap reads (and activates
+    it when there is a prologue). Without a prologue the TMA variant hands the descriptor load to
+    the dot as it arrives; with one (stride 2 only: stride 1 goes through the halo), the tile must
+    pass through registers for the activation."""
     n = n32.to(tl.int64)  # int64: N * H * W * C can pass 2**31
     ih0 = oh * STRIDE - 1  # input row of tap kh = 0 (padding 1)
     iw0 = ow * STRIDE - 1
     k_range = tl.arange(0, BLOCK_K)
     x_sample = x_ptr + n * H * W * C_in
-
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     # One flat loop over (tap, channel block) rather than two nested ones: a single loop is what
     # the compiler software-pipelines (num_stages) on the GPU.
@@ -132,28 +167,66 @@ def conv3x3_accumulate(x_ptr, w_ptr, x_desc, w_desc, pro_a_ptr, pro_b_ptr,
         ci_mask = ci < C_in
         kh = tap // 3
         kw = tap - kh * 3
-        ih = ih0 + kh
-        iw = iw0 + kw
-        inside = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a_mask = inside[:, None] & ci_mask[None, :]
         if USE_TMA:
+            # out-of-image rows and columns and channels past C_in arrive as zeros
             a = x_desc.load([n32, oh_first + kh - 1, ow_first + kw - 1, k_first]).reshape(BLOCK_M, BLOCK_K)
         else:
+            ih = ih0 + kh
+            iw = iw0 + kw
+            a_mask = (p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & ci_mask[None, :]
             pixel = (ih * W + iw).to(tl.int64)  # negative in the padding: masked, never dereferenced
             a = tl.load(x_sample + pixel[:, None] * C_in + ci[None, :], mask=a_mask, other=0.0)
-        if HAS_PROLOGUE:
+        if HAS_PROLOGUE:  # never with USE_TMA (stride 1 with a prologue takes the halo path)
             scale = tl.load(pro_a_ptr + n * C_in + ci, mask=ci_mask, other=0.0)
             offset = tl.load(pro_b_ptr + n * C_in + ci, mask=ci_mask, other=0.0)
-            t = a.to(tl.float32) * scale[None, :] + offset[None, :]
-            t = t * tl.sigmoid(t)
+            t = silu(a.to(tl.float32) * scale[None, :] + offset[None, :])
             # zero padding after the activation: a padded tap contributes 0, not silu(B)
             a = tl.where(a_mask, t, 0.0).to(x_ptr.dtype.element_ty)
-        if USE_TMA:
-            w = w_desc.load([tap, k_first, n_tile * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)
-        else:
-            w = tl.load(w_ptr + (tap * C_in + ci)[:, None] * C_out + co[None, :],
-                        mask=ci_mask[:, None] & co_mask[None, :], other=0.0)
+        w = _weight_tile(w_ptr, w_desc, tap, k_first, ci, ci_mask, n_tile, co, co_mask, C_in, C_out,
+                         USE_TMA, BLOCK_N, BLOCK_K)
         acc = accumulate_dot(acc, a, w, IEEE_FP32, UPCAST_BF16)
+    return acc
+
+
+@triton.jit
+def _accumulate_from_halo(x_ptr, w_ptr, w_desc, pro_a_ptr, pro_b_ptr, n32, oh_first, ow_first,
+                          n_tile, co, co_mask, C_in, C_out, H, W,
+                          USE_TMA: tl.constexpr, IEEE_FP32: tl.constexpr, UPCAST_BF16: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_M: tl.constexpr):
+    """(1)-(2) for a stride-1 TILE_H x TILE_W pixel tile with a prologue, activating each input
+    element once per channel block: the (TILE_H + 2) x (TILE_W + 2) input halo of the tile is loaded
+    and activated once (padding zeroed after the activation), and each of the 9 taps gathers its
+    shifted [BLOCK_M, BLOCK_K] window from it. HALO_M >= (TILE_H + 2) * (TILE_W + 2), a power of two."""
+    HALO_W: tl.constexpr = TILE_W + 2
+    n = n32.to(tl.int64)
+    x_sample = x_ptr + n * H * W * C_in
+    k_range = tl.arange(0, BLOCK_K)
+    h = tl.arange(0, HALO_M)  # halo row-major: row h // HALO_W, column h % HALO_W
+    ih = oh_first - 1 + h // HALO_W
+    iw = ow_first - 1 + h % HALO_W
+    h_inside = (h < (TILE_H + 2) * HALO_W) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    pixel = (ih * W + iw).to(tl.int64)  # negative in the padding: masked, never dereferenced
+    r = tl.arange(0, BLOCK_M)
+    tap0 = (r // TILE_W) * HALO_W + r % TILE_W  # halo element under tap (0, 0) of output pixel r
+    broadcast_k = tl.zeros([1, BLOCK_K], dtype=tl.int32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k_first in range(0, C_in, BLOCK_K):
+        ci = k_first + k_range
+        ci_mask = ci < C_in
+        h_mask = h_inside[:, None] & ci_mask[None, :]
+        raw = tl.load(x_sample + pixel[:, None] * C_in + ci[None, :], mask=h_mask, other=0.0)
+        scale = tl.load(pro_a_ptr + n * C_in + ci, mask=ci_mask, other=0.0)
+        offset = tl.load(pro_b_ptr + n * C_in + ci, mask=ci_mask, other=0.0)
+        t = silu(raw.to(tl.float32) * scale[None, :] + offset[None, :])
+        halo = tl.where(h_mask, t, 0.0).to(x_ptr.dtype.element_ty)  # zero padding after the activation
+        # a runtime loop (not unrolled): the compiler pipelines its weight loads with a few buffers
+        # rather than holding all nine taps' weight tiles per stage
+        for tap in range(9):
+            a = tl.gather(halo, (tap0 + (tap // 3) * HALO_W + tap % 3)[:, None] + broadcast_k, axis=0)
+            w = _weight_tile(w_ptr, w_desc, tap, k_first, ci, ci_mask, n_tile, co, co_mask, C_in, C_out,
+                             USE_TMA, BLOCK_N, BLOCK_K)
+            acc = accumulate_dot(acc, a, w, IEEE_FP32, UPCAST_BF16)
     return acc
 
 
@@ -174,19 +247,22 @@ class Conv3x3Config:
 
 def pick_config(c_in: int, c_out: int, dtype: torch.dtype, on_gpu: bool) -> Conv3x3Config:
     """One small config under the interpreter (numpy cost grows with the tile); on a GPU 128-pixel
-    tiles as wide as C_out allows (up to 128) and K steps of up to 32 channels, with 3 pipeline
-    stages: (128*32 + 32*128) * 2 B * 3 = 48 KiB of shared memory, within every GPU Triton supports.
+    tiles (8 x 16 as boxes) as wide as C_out allows, up to 128 channels, or 256 where C_out >= 256
+    (then one tile covers a 256-channel layer, so its input is activated once, not once per
+    channel tile), and K steps of up to 32 channels, with 3 pipeline stages, 2 for 256-wide tiles:
+    at most 48 KiB of shared memory for the pipelined tiles, within every GPU Triton supports.
     fp32 ("ieee" dot, no tensor cores) uses half-size tiles to stay within the same budget.
     A heuristic, not autotuning: autotune's timing runs would repeat an in-place residual add.
     """
     if not on_gpu:
         return Conv3x3Config(block_m=32, block_n=16, block_k=16, num_warps=4, num_stages=1, tile_w=8)
-    block_n = min(max(next_power_of_2(c_out), _MIN_BLOCK), 128)
+    block_n = min(max(next_power_of_2(c_out), _MIN_BLOCK), 256 if c_out >= 256 else 128)
     block_k = min(max(next_power_of_2(c_in), _MIN_BLOCK), 32)
     if dtype == torch.float32:
         return Conv3x3Config(block_m=64, block_n=min(block_n, 64), block_k=block_k, num_warps=4, num_stages=2)
     num_warps = 8 if block_n >= 128 else 4
-    return Conv3x3Config(block_m=128, block_n=block_n, block_k=block_k, num_warps=num_warps, num_stages=3)
+    return Conv3x3Config(block_m=128, block_n=block_n, block_k=block_k, num_warps=num_warps,
+                         num_stages=2 if block_n > 128 else 3)
 
 
 def tma_requested() -> bool:
@@ -218,6 +294,7 @@ class ConvPlan:
 
     cfg: Conv3x3Config
     use_tma: bool
+    halo: bool  # stride 1 with a prologue: activate each input element once per channel block
     num_m_tiles: int
     num_n_tiles: int
     tiles_w: int
@@ -227,23 +304,49 @@ class ConvPlan:
 
     @property
     def tiled_2d(self) -> bool:
-        return self.use_tma
+        """Pixel tiles are TILE_H x TILE_W boxes (the TMA variant and the halo need them)."""
+        return self.use_tma or self.halo
+
+    @property
+    def tile_h(self) -> int:
+        return self.cfg.block_m // self.cfg.tile_w
+
+    @property
+    def halo_m(self) -> int:
+        """Elements of the tile's input halo, rounded up to a power of two (a Triton block size)."""
+        return next_power_of_2((self.tile_h + 2) * (self.cfg.tile_w + 2))
 
     def programs(self, batch: int) -> int:
         return batch * self.num_m_tiles * self.num_n_tiles
 
+    def kernel_flags(self, x: torch.Tensor) -> dict:
+        """The compile-time arguments every conv kernel takes from the plan."""
+        cfg = self.cfg
+        return dict(IEEE_FP32=x.dtype == torch.float32, UPCAST_BF16=x.dtype == torch.bfloat16 and not x.is_cuda,
+                    BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, USE_TMA=self.use_tma,
+                    HALO=self.halo, TILED_2D=self.tiled_2d, TILE_H=self.tile_h, TILE_W=cfg.tile_w,
+                    HALO_M=self.halo_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-def plan_launch(x: torch.Tensor, packed_weight: torch.Tensor, stride: int, H_out: int, W_out: int) -> ConvPlan:
+
+def plan_launch(x: torch.Tensor, packed_weight: torch.Tensor, stride: int, H_out: int, W_out: int,
+                has_prologue: bool) -> ConvPlan:
     """The launch plan for dense-NHWC ``x`` and a packed weight; raises ValueError when the grid
     would pass CUDA's limit."""
     N, C_in, H, W = x.shape
     C_out = packed_weight.shape[1]
     cfg = pick_config(C_in, C_out, x.dtype, on_gpu=x.is_cuda)
     use_tma = tma_requested() and tma_eligible(x, packed_weight, stride)
-    if use_tma:
-        tile_h = cfg.block_m // cfg.tile_w
+    halo = stride == 1 and has_prologue
+    tile_h = cfg.block_m // cfg.tile_w
+    if use_tma or halo:
         tiles_w = cdiv(W_out, cfg.tile_w)
         num_m_tiles = cdiv(H_out, tile_h) * tiles_w
+        tile_grid = (H_out, W_out, tile_h, cfg.tile_w, tiles_w)
+    else:
+        tiles_w = 1
+        num_m_tiles = cdiv(H_out * W_out, cfg.block_m)
+        tile_grid = (1, H_out * W_out, 1, cfg.block_m, num_m_tiles)  # 1-D tiles along the pixel row
+    if use_tma:
         # TMA boxes: the NHWC input (N, H, W, C_in) and the weight as (tap, C_in, C_out); boxes that
         # reach past an edge (the padding, the K and C_out tails) are filled with zeros.
         # Strides from the shape, not x.stride(): a size-1 H or W may carry any stride in torch.
@@ -251,13 +354,9 @@ def plan_launch(x: torch.Tensor, packed_weight: torch.Tensor, stride: int, H_out
                                   [1, tile_h, cfg.tile_w, cfg.block_k])
         w_desc = TensorDescriptor(packed_weight, [9, C_in, C_out], [C_in * C_out, C_out, 1],
                                   [1, cfg.block_k, cfg.block_n])
-        tile_grid = (H_out, W_out, tile_h, cfg.tile_w, tiles_w)
     else:
-        tiles_w = 1
-        num_m_tiles = cdiv(H_out * W_out, cfg.block_m)
         x_desc, w_desc = x, packed_weight  # unused without USE_TMA
-        tile_grid = (1, H_out * W_out, 1, cfg.block_m, num_m_tiles)  # 1-D tiles along the pixel row
-    plan = ConvPlan(cfg, use_tma, num_m_tiles, cdiv(C_out, cfg.block_n), tiles_w, tile_grid, x_desc, w_desc)
+    plan = ConvPlan(cfg, use_tma, halo, num_m_tiles, cdiv(C_out, cfg.block_n), tiles_w, tile_grid, x_desc, w_desc)
     if plan.programs(N) > MAX_PROGRAMS:
         raise ValueError(f"fused_conv3x3 would launch {plan.programs(N)} programs; at most {MAX_PROGRAMS}")
     return plan

@@ -90,17 +90,21 @@ def _fused_conv3x3_kernel(
     BLOCK_M: tl.constexpr,  # output pixels per tile
     BLOCK_N: tl.constexpr,  # output channels per tile
     BLOCK_K: tl.constexpr,  # input channels per K step
-    USE_TMA: tl.constexpr,  # stride 1: 2-D pixel tiles, input and weight tiles by TMA
+    USE_TMA: tl.constexpr,  # stride 1: input (without a prologue) and weight tiles by TMA
+    HALO: tl.constexpr,  # stride 1 with a prologue: activate the tile's input halo once per K block
+    TILED_2D: tl.constexpr,  # pixel tiles are TILE_H x TILE_W boxes (USE_TMA or HALO)
     TILE_H: tl.constexpr,  # 2-D tiles: TILE_H rows x TILE_W columns, TILE_H * TILE_W = BLOCK_M
     TILE_W: tl.constexpr,
+    HALO_M: tl.constexpr,  # HALO: (TILE_H + 2) * (TILE_W + 2) rounded up to a power of two
 ):
     pid = tl.program_id(0)
     n32, m_tile, n_tile, oh_first, ow_first, oh, ow, p, p_mask, co = conv_tile(
-        pid, num_m_tiles, num_n_tiles, tiles_w, H_out, W_out, BLOCK_M, BLOCK_N, USE_TMA, TILE_H, TILE_W)
+        pid, num_m_tiles, num_n_tiles, tiles_w, H_out, W_out, BLOCK_M, BLOCK_N, TILED_2D, TILE_H, TILE_W)
     co_mask = co < C_out
     acc = conv3x3_accumulate(x_ptr, w_ptr, x_desc, w_desc, pro_a_ptr, pro_b_ptr,
                              n32, oh_first, ow_first, oh, ow, p_mask, n_tile, co, co_mask, C_in, C_out, H, W,
-                             STRIDE, HAS_PROLOGUE, USE_TMA, IEEE_FP32, UPCAST_BF16, BLOCK_M, BLOCK_N, BLOCK_K)
+                             STRIDE, HAS_PROLOGUE, USE_TMA, HALO, IEEE_FP32, UPCAST_BF16,
+                             BLOCK_M, BLOCK_N, BLOCK_K, TILE_H, TILE_W, HALO_M)
     n = n32.to(tl.int64)
     out_row = n * H_out * W_out + p  # pixel row of the NHWC output (and skip input), int64
     if HAS_SKIP:
@@ -142,8 +146,7 @@ def _launch(x, packed_weight, bias, stride, pro_a, pro_b, residual, skip_x, skip
     N, C_in, H, W = x.shape
     C_out = packed_weight.shape[1]
     _, _, H_out, W_out = out.shape
-    plan = plan_launch(x, packed_weight, stride, H_out, W_out)
-    cfg = plan.cfg
+    plan = plan_launch(x, packed_weight, stride, H_out, W_out, has_prologue=pro_a is not None)
     has_stats = stats_groups > 0
     if has_stats:
         part_mean = torch.empty((N, plan.num_m_tiles, C_out), dtype=torch.float32, device=x.device)
@@ -161,10 +164,7 @@ def _launch(x, packed_weight, bias, stride, pro_a, pro_b, residual, skip_x, skip
         plan.num_m_tiles, plan.num_n_tiles, plan.tiles_w,
         STRIDE=stride, HAS_BIAS=bias is not None, HAS_PROLOGUE=pro_a is not None,
         HAS_RESIDUAL=residual is not None, HAS_SKIP=skip_x is not None, HAS_STATS=has_stats,
-        IEEE_FP32=x.dtype == torch.float32, UPCAST_BF16=x.dtype == torch.bfloat16 and not x.is_cuda,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, USE_TMA=plan.use_tma,
-        TILE_H=cfg.block_m // cfg.tile_w, TILE_W=cfg.tile_w,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **plan.kernel_flags(x),
     )
     record_launch("fused_conv3x3")
     if plan.use_tma:
@@ -396,16 +396,13 @@ def fused_conv3x3(
     x, residual, skip_x = channels_last(x), channels_last(residual), channels_last(skip_x)
     packed = weight if weight.ndim == 2 else pack_conv3x3_weight(weight, x.dtype)
     packed_skip = None
-    if skip_x is not None:  # (C_out, C_skip[, 1, 1]) -> (C_skip, C_out), rows contiguous along C_out
+    if skip_x is not None:  # (C_out, C_skip[, 1, 1]) -> (C_skip, C_out), rows contiguous along C_out;
+        # no copy when skip_weight is already the transposed view of such a tensor in x's dtype
         packed_skip = skip_weight.reshape(C_out, -1).t().to(x.dtype).contiguous()
-    # the skip bias joins the conv bias: one fp32 vector for the epilogue
-    if bias is not None or skip_bias is not None:
-        total_bias = torch.zeros(C_out, dtype=torch.float32, device=x.device)
-        for b in (bias, skip_bias):
-            if b is not None:
-                total_bias += b.float()
-    else:
-        total_bias = None
+    # the skip bias joins the conv bias: one fp32 vector for the epilogue (the caller's own tensor
+    # when it already is one)
+    biases = [b.float().contiguous() for b in (bias, skip_bias) if b is not None]
+    total_bias = biases[0] + biases[1] if len(biases) == 2 else (biases[0] if biases else None)
     if pro_a is not None:
         pro_a, pro_b = pro_a.contiguous(), pro_b.contiguous()
     groups = 0 if stats_groups is None else stats_groups

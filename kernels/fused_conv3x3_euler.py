@@ -69,17 +69,21 @@ def _fused_conv3x3_euler_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    USE_TMA: tl.constexpr,
+    USE_TMA: tl.constexpr,  # the tiling flags of kernels._conv3x3_common.ConvPlan
+    HALO: tl.constexpr,
+    TILED_2D: tl.constexpr,
     TILE_H: tl.constexpr,
     TILE_W: tl.constexpr,
+    HALO_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n32, m_tile, n_tile, oh_first, ow_first, oh, ow, p, p_mask, co = conv_tile(
-        pid, num_m_tiles, num_n_tiles, tiles_w, H, W, BLOCK_M, BLOCK_N, USE_TMA, TILE_H, TILE_W)
+        pid, num_m_tiles, num_n_tiles, tiles_w, H, W, BLOCK_M, BLOCK_N, TILED_2D, TILE_H, TILE_W)
     co_mask = co < C_out
     acc = conv3x3_accumulate(h_ptr, w_ptr, h_desc, w_desc, pro_a_ptr, pro_b_ptr,
                              n32, oh_first, ow_first, oh, ow, p_mask, n_tile, co, co_mask, C_in, C_out, H, W,
-                             1, HAS_PROLOGUE, USE_TMA, IEEE_FP32, UPCAST_BF16, BLOCK_M, BLOCK_N, BLOCK_K)
+                             1, HAS_PROLOGUE, USE_TMA, HALO, IEEE_FP32, UPCAST_BF16,
+                             BLOCK_M, BLOCK_N, BLOCK_K, TILE_H, TILE_W, HALO_M)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + co, mask=co_mask, other=0.0)[None, :]
     # acc is the velocity v = [v_x; v_y] in fp32 (never rounded to the activation dtype)
@@ -110,8 +114,7 @@ def _launch(h, packed_weight, bias, pro_a, pro_b, x, y, next_input, dt, y_scale)
     """Run the kernel on validated tensors (h dense NHWC, the state channels-last)."""
     N, C_in, H, W = h.shape
     C_out = packed_weight.shape[1]
-    plan = plan_launch(h, packed_weight, 1, H, W)
-    cfg = plan.cfg
+    plan = plan_launch(h, packed_weight, 1, H, W, has_prologue=pro_a is not None)
     _fused_conv3x3_euler_kernel[(plan.programs(N),)](
         h, packed_weight, plan.x_desc, plan.w_desc,
         bias if bias is not None else x,  # dummies when absent: the constexpr flags skip them
@@ -121,10 +124,7 @@ def _launch(h, packed_weight, bias, pro_a, pro_b, x, y, next_input, dt, y_scale)
         x.shape[1], float(dt), float(y_scale) if y_scale is not None else 1.0,
         HAS_BIAS=bias is not None, HAS_PROLOGUE=pro_a is not None, HAS_Y=y is not None,
         EXACT_Y=y_scale is not None, WRITE_NEXT=next_input is not None,
-        IEEE_FP32=h.dtype == torch.float32, UPCAST_BF16=h.dtype == torch.bfloat16 and not h.is_cuda,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, USE_TMA=plan.use_tma,
-        TILE_H=cfg.block_m // cfg.tile_w, TILE_W=cfg.tile_w,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **plan.kernel_flags(h),
     )
     record_launch("fused_conv3x3_euler")
     if plan.use_tma:

@@ -19,6 +19,7 @@ from resflow_fast.reference.unet import group_norm_statistics
 
 conv_module = importlib.import_module("resflow_fast.kernels.fused_conv3x3")
 group_stats_module = importlib.import_module("resflow_fast.kernels._group_stats")
+common = importlib.import_module("resflow_fast.kernels._conv3x3_common")
 
 # skipped where they cannot run by the hook in tests/conftest.py
 interpreter_only = pytest.mark.interpreter_only
@@ -334,6 +335,20 @@ def test_configs_are_valid_for_tl_dot_and_ignore_the_image_size():
                     assert smem <= 48 * 1024
     # the interpreter runs one config
     assert len({conv_module.pick_config(ci, co, torch.float32, False) for ci, co in ((1, 8), (512, 512))}) == 1
+    # a 256-channel layer is one channel tile in 16-bit dtypes (its input is activated once per K block)
+    for c_out, block_n in ((64, 64), (128, 128), (192, 128), (256, 256), (512, 256)):
+        assert conv_module.pick_config(128, c_out, torch.bfloat16, True).block_n == block_n
+
+
+def test_the_halo_serves_every_stride_1_conv_with_a_prologue(conv_inputs):
+    """Stride 1 with a prologue activates each input element once per K block (the halo), on 2-D
+    tiles; stride 2 or no prologue keep the per-tap loads."""
+    x = conv_inputs.activation((1, 8, 5, 7))
+    packed = pack_conv3x3_weight(conv_inputs.conv_params(8, 16)[0])
+    plan = common.plan_launch(x, packed, 1, 5, 7, has_prologue=True)
+    assert plan.halo and plan.tiled_2d and plan.halo_m >= (plan.tile_h + 2) * (plan.cfg.tile_w + 2)
+    assert not common.plan_launch(x, packed, 2, 3, 4, has_prologue=True).halo
+    assert not common.plan_launch(x, packed, 1, 5, 7, has_prologue=False).tiled_2d
 
 
 @pytest.mark.parametrize("mutate, error, match", [
