@@ -6,8 +6,9 @@ Euler backwards in t on the augmented state z = [x; y],
     x <- x - dt * v[:, :C]                                                                  (2a)
     y <- y - dt * v[:, C:]                                                                  (2b)
 
-with v = v_theta(z, t) the network output (N, 2C, H, W) and dt = t_k - t_{k+1} > 0. The named
-option [choice] ``y_scale`` moves y exactly along the schedule instead,
+with v = v_theta(z, t) the network output (N, 2C, H, W) and dt = t_k - t_{k+1} > 0. The option
+``y_scale`` (docs/design/math.md, "Choices the paper leaves open") moves y exactly along the
+schedule instead,
 
     y <- y * sigma_y(t_next) / sigma_y(t)                                                   (2c)
 
