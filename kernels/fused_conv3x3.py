@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..reference.unet import group_norm_statistics
-from ._conv3x3_common import (  # noqa: F401 - ENV_TMA, tma_eligible, pick_config, TensorDescriptor: public here
+from ._conv3x3_common import (  # noqa: F401 - the TMA switch and checks, configs: public here too
     ENV_TMA,
     TensorDescriptor,
     accumulate_dot,
@@ -46,6 +46,7 @@ from ._conv3x3_common import (  # noqa: F401 - ENV_TMA, tma_eligible, pick_confi
     plan_launch,
     shares_memory,
     tma_eligible,
+    tma_requested,
     unpack_conv3x3_weight,
     validate_conv,
 )
