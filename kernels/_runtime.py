@@ -170,6 +170,18 @@ def on_device_of(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+#: Elements the launchers require a per-sample size to be a multiple of before they tell a kernel
+#: its sample bases are aligned (``tl.multiple_of``): 16 covers 16-byte vectors of every dtype here.
+ALIGN_ELEMENTS = 16
+
+
+def samples_aligned(*sizes: int) -> bool:
+    """Whether every per-sample element count in ``sizes`` is a multiple of :data:`ALIGN_ELEMENTS`,
+    so that sample bases (and the y halves at C * H * W) start on 16-byte boundaries of 16-byte
+    aligned tensors. The kernels take this as a flag and fall back to unhinted addressing without it."""
+    return all(size % ALIGN_ELEMENTS == 0 for size in sizes)
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division for launch grids (no Triton needed, so configs can be tested anywhere)."""
     return -(-a // b)
@@ -208,6 +220,20 @@ def dense_offset(c, p, channels, HW, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
+def walk_offset(i, c, p, channels, first, first_elements, HW, CL: tl.constexpr, WALK_CL: tl.constexpr):
+    """Offset of (channel ``first`` + c, pixel p) inside one dense sample with ``channels``
+    channels and layout CL, for the element at index i of a (C, HW) sample walked in layout
+    WALK_CL (``first_elements`` = first * HW). When both layouts are NCHW that is
+    ``first_elements + i``, which the compiler sees as contiguous (16-byte accesses); otherwise it
+    is computed from (c, p)."""
+    if (not CL) and (not WALK_CL):
+        offset = first_elements + i
+    else:
+        offset = dense_offset(c + first, p, channels, HW, CL)
+    return offset
+
+
+@triton.jit
 def decode_index(i, C, HW, CHANNELS_LAST: tl.constexpr):
     """(channel, pixel) of the element at in-sample index ``i`` of a dense (C, HW) sample, for
     kernels that walk memory in the order of their main tensor's layout."""
@@ -218,3 +244,13 @@ def decode_index(i, C, HW, CHANNELS_LAST: tl.constexpr):
         c = i // HW
         p = i - c * HW
     return c, p
+
+
+@triton.jit
+def silu(t):
+    """``t * sigmoid(t)`` in fp32 as ``t / (1 + 2^(-t * log2(e)))``: one exp2 and one division
+    that need not round as IEEE does (``ieee_rounding=False``), instead of sigmoid's exp, IEEE
+    division and extra product. Like any fp32 exp, rounding ``t * log2(e)`` leaves a relative error
+    of about |t| * 2^-24; below t of about -88 the exp2 overflows and the result is -0 where the
+    exact value is under 1e-36 in magnitude."""
+    return tl.fdiv(t, 1.0 + tl.exp2(-1.4426950408889634 * t), ieee_rounding=False)

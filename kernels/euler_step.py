@@ -1,12 +1,14 @@
-"""The joint x/y Euler step of the ResFlow sampler, in one memory pass.
+"""``euler_step``: the joint x/y Euler step of the ResFlow sampler, in one memory pass.
 
-resflow-math.md, "Sampling": explicit Euler backwards in t on the augmented state z = [x; y],
+docs/design/math.md, "Sampling"; docs/design/architecture.md, "The fusion plan", item 3: explicit
+Euler backwards in t on the augmented state z = [x; y],
 
     x <- x - dt * v[:, :C]                                                                  (2a)
     y <- y - dt * v[:, C:]                                                                  (2b)
 
-with v = v_theta(z, t) the network output (N, 2C, H, W) and dt = t_k - t_{k+1} > 0. The named
-option [choice] ``y_scale`` moves y exactly along the schedule instead,
+with v = v_theta(z, t) the network output (N, 2C, H, W) and dt = t_k - t_{k+1} > 0. The option
+``y_scale`` (docs/design/math.md, "Choices the paper leaves open") moves y exactly along the
+schedule instead,
 
     y <- y * sigma_y(t_next) / sigma_y(t)                                                   (2c)
 
@@ -18,13 +20,11 @@ once and writes the new x, y once, and optionally also the next network input ``
 that input's dtype and layout, so the sampler needs no separate cat/cast pass.
 
 Every tensor may be dense NCHW or NHWC independently; the kernel walks memory in x's layout and
-recovers (channel, pixel) of each element to address the others. H*W is a runtime argument.
-
-Preliminary timing (one H200, torch 2.11.0, Triton 3.6.0, 2026-11-26, 1x6x2048^2, bf16 v and next
-input, in place; an ad-hoc script of a development session, not kept: rerun with
-``benchmarks/gpu_check.py``): 88% of the copy bandwidth with state and network tensors all NCHW, 71%
-all NHWC, 30% with NCHW state and NHWC network tensors (the strided accesses are not coalesced).
-So the sampler keeps the state in the network's layout; mixed layouts would want 2-D tiles.
+recovers (channel, pixel) of each element to address the others. Accesses in the walked layout are
+contiguous (and, where C * H * W is a multiple of 16, known to the compiler as 16-byte aligned);
+those into a tensor of the other layout are strided, which is why the sampler keeps its state in
+the network's layout. H*W is a runtime argument: a new image size compiles no new variant beyond
+the one with and the one without the alignment hints.
 """
 import math
 from typing import Optional
@@ -45,9 +45,11 @@ from ._runtime import (
     needs_autograd,
     on_device_of,
     record_launch,
+    samples_aligned,
     tl,
     triton,
     use_triton,
+    walk_offset,
 )
 
 BLOCK = 4096  # elements per program: large blocks for a memory-bound pass
@@ -70,25 +72,31 @@ def _euler_step_kernel(
     EXACT_Y: tl.constexpr,  # y <- y * y_scale (2c) instead of (2b)
     WRITE_NEXT: tl.constexpr,
     X_CL: tl.constexpr, Y_CL: tl.constexpr, V_CL: tl.constexpr, NEXT_CL: tl.constexpr,
+    ALIGNED: tl.constexpr,  # C * HW % 16 == 0 (checked by the launcher): sample bases are 16-byte aligned
     BLOCK: tl.constexpr,
 ):
     n = tl.program_id(1)
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # in-sample index, walking x's memory order
-    mask = i < C * HW
+    numel = C * HW  # elements of one sample of x
+    x_base = n.to(tl.int64) * numel  # int64: N * C * H * W can pass 2**31
+    if ALIGNED:  # tell the compiler, so accesses contiguous along i become 16-byte vectors
+        numel = tl.multiple_of(numel, 16)
+        x_base = tl.multiple_of(x_base, 16)
+    mask = i < numel
     c, p = decode_index(i, C, HW, X_CL)
     if HAS_Y:
         C_v = 2 * C
+        v_base = 2 * x_base
     else:
         C_v = C
-    x_base = n.to(tl.int64) * C * HW  # int64: N * C * H * W can pass 2**31
-    v_base = n.to(tl.int64) * C_v * HW
+        v_base = x_base
 
     x = tl.load(x_ptr + x_base + i, mask=mask, other=0.0)
-    v_x = tl.load(v_ptr + v_base + dense_offset(c, p, C_v, HW, V_CL), mask=mask, other=0.0)
+    v_x = tl.load(v_ptr + v_base + walk_offset(i, c, p, C_v, 0, 0, HW, V_CL, X_CL), mask=mask, other=0.0)
     x_new = x - dt * v_x.to(tl.float32)  # (2a), fp32
     tl.store(x_out_ptr + x_base + i, x_new, mask=mask)
     if WRITE_NEXT:
-        tl.store(next_ptr + v_base + dense_offset(c, p, C_v, HW, NEXT_CL),
+        tl.store(next_ptr + v_base + walk_offset(i, c, p, C_v, 0, 0, HW, NEXT_CL, X_CL),
                  x_new.to(next_ptr.dtype.element_ty), mask=mask)
 
     if HAS_Y:
@@ -100,11 +108,11 @@ def _euler_step_kernel(
         if EXACT_Y:
             y_new = y * y_scale  # (2c)
         else:
-            v_y = tl.load(v_ptr + v_base + dense_offset(c + C, p, C_v, HW, V_CL), mask=mask, other=0.0)
+            v_y = tl.load(v_ptr + v_base + walk_offset(i, c, p, C_v, C, numel, HW, V_CL, X_CL), mask=mask, other=0.0)
             y_new = y - dt * v_y.to(tl.float32)  # (2b)
         tl.store(y_out_ptr + y_offset, y_new, mask=mask)
         if WRITE_NEXT:
-            tl.store(next_ptr + v_base + dense_offset(c + C, p, C_v, HW, NEXT_CL),
+            tl.store(next_ptr + v_base + walk_offset(i, c, p, C_v, C, numel, HW, NEXT_CL, X_CL),
                      y_new.to(next_ptr.dtype.element_ty), mask=mask)
 
 
@@ -120,7 +128,7 @@ def _launch(x, y, v, dt, y_scale, x_out, y_out, next_input) -> None:
         HAS_Y=has_y, EXACT_Y=y_scale is not None, WRITE_NEXT=next_input is not None,
         X_CL=is_channels_last(x), Y_CL=has_y and is_channels_last(y), V_CL=is_channels_last(v),
         NEXT_CL=next_input is not None and is_channels_last(next_input),
-        BLOCK=BLOCK, num_warps=NUM_WARPS,
+        ALIGNED=samples_aligned(C * HW), BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
     record_launch("euler_step")
 

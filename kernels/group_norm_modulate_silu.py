@@ -1,27 +1,22 @@
-"""Adaptive GroupNorm + SiLU in three short Triton passes.
+"""``group_norm_modulate_silu``: the ResBlock's adaptive GroupNorm + SiLU in two Triton passes.
 
-Implements the normalisation of the adaptive-GroupNorm ResBlock (resflow-math.md, "Network"):
+docs/design/math.md, "Network"; docs/design/architecture.md, "The fusion plan", items 1 and 2:
 
     y = SiLU( GroupNorm(x; weight, bias) * (1 + scale) + shift )                          (1)
 
-with ``scale``, ``shift`` of shape (N, C) from the block's time embedding. ``scale``/``shift`` =
-None gives the plain affine GroupNorm, ``apply_silu=False`` drops the SiLU.
+with ``scale``, ``shift`` of shape (N, C) from the block's time embedding (the reference's
+``modulated_group_norm``, which the twin calls). ``scale``/``shift`` = None gives the plain affine
+GroupNorm, ``apply_silu=False`` drops the SiLU.
 
-Passes (architecture.md, "the fusion plan", items 1 and 2):
+1. The statistics pass (:mod:`kernels._group_stats`) reduces the activation once and, in its last
+   programs, folds everything of (1) but the SiLU into per-(n, c) fp32 coefficients
+   (the reference's ``group_norm_coefficients``):
 
-1. ``_gn_partial_stats_kernel``: the H*W pixels are split into chunks and every program reduces one
-   (sample, channel block, chunk), so batch 1 still launches hundreds of programs. Each writes fp32
-   per-channel (mean, M2) of its chunk, from fp32 sums of ``x - K`` and ``(x - K)^2`` with K one
-   pixel of the chunk (the shifted-data algorithm; never the one-pass ``E[x^2] - E[x]^2``).
-2. ``_gn_combine_fold_kernel``: one program per (sample, group) combines the chunk partials into the
-   group mean and ``rstd = 1 / sqrt(var + eps)`` and folds everything of (1) but the SiLU into
-   per-(n, c) fp32 coefficients
+       A = rstd * weight * (1 + scale),    B = bias * (1 + scale) + shift,    m = group mean
 
-       A = rstd * weight * (1 + scale),    B = bias * (1 + scale) + shift,    m = mean
+2. ``_gn_apply_kernel``: ``y = silu(A * (x - m) + B)``, one read and one write of the activation.
 
-3. ``_gn_apply_kernel``: ``y = silu(A * (x - m) + B)``, one read and one write of the activation.
-
-Why centre in pass 3 rather than fold the mean into B (``A * x + (B - A * m)``): that form cancels
+Why centre in pass 2 rather than fold the mean into B (``A * x + (B - A * m)``): that form cancels
 two terms of size ``rstd * |mean|``, an error of about 2^-24 * |mean| / std (1e-2 at
 mean/std = 1e5); ``x - m`` is exact for x near m and costs one subtraction. For the same reason
 the statistics sum deviations from a shift near the mean, never raw values.
@@ -29,28 +24,28 @@ the statistics sum deviations from a shift near the mean, never raw values.
 Sizes, eps and chunk counts are runtime arguments (H*W-dependent ones are excluded from Triton's
 integer specialisation), so a new image size never recompiles; block sizes depend on C and the
 layout only. Inputs may be dense NCHW or NHWC (channels-last); anything else is copied to NCHW.
-The output has the input's layout.
-
-Inference only: when autograd would record through any input, :func:`group_norm_modulate_silu`
-returns the differentiable twin :func:`group_norm_modulate_silu_reference` instead.
-
-Preliminary timing (one H200, torch 2.11.0, Triton 3.6.0, 2026-11-26, bf16 NHWC, through the public
-function, so including about 50 us of host-side launch overhead for three launches; an ad-hoc script
-of a development session, not kept: rerun with ``benchmarks/gpu_check.py``): 1x128x512^2 137 us (torch.compile of
-the formula 153 us); 1x64x2048^2 525 us (4042 us); 4x256x256^2 166 us (1025 us). The kernels
-alone take about 37 + 11 + 38 us at 1x128x512^2: the statistics pass reaches only ~1.8 TB/s there
-and is the next thing to tune (the issue asks for <= 60 us).
+The output has the input's layout. Inference only: when autograd would record through any input,
+:func:`group_norm_modulate_silu` returns the differentiable twin
+:func:`group_norm_modulate_silu_reference` instead.
 """
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
+from ..reference.unet import modulated_group_norm
+from ._group_stats import (  # noqa: F401 - GroupNormConfig: the type of pick_config's result
+    GroupNormConfig,
+    _gn_stats_kernel,
+    _tile_offsets,
+    aligned_pixels,
+    hw_aligned,
+    launch_statistics,
+    pick_config,
+    stats_split,
+)
 from ._runtime import (
     as_dense_4d,
-    cdiv,
     check_same_device,
     check_shape,
     check_tensor,
@@ -58,9 +53,9 @@ from ._runtime import (
     is_channels_last,
     is_dense_4d,
     needs_autograd,
-    next_power_of_2,
     on_device_of,
     record_launch,
+    silu,
     tl,
     triton,
     use_triton,
@@ -69,145 +64,6 @@ from ._runtime import (
 # Largest H*W (a 32768^2 image): pixel indices inside the kernels are int32 and a tile may reach
 # a block past the end; element offsets are int64.
 MAX_PIXELS = 2**30
-
-
-# ------------------------------------------------------------------------------------------------
-# Triton kernels
-# ------------------------------------------------------------------------------------------------
-@triton.jit
-def _tile_offsets(n, c, p, C, HW, CHANNELS_LAST: tl.constexpr):
-    """int64 offsets of a [BLOCK_P, BLOCK_C] tile of pixels p (rows) x channels c (columns) of
-    sample n in a dense (N, C, H, W) tensor; 64-bit because N * C * H * W can pass 2**31."""
-    n64 = n.to(tl.int64)
-    p64 = p.to(tl.int64)[:, None]
-    c64 = c.to(tl.int64)[None, :]
-    if CHANNELS_LAST:
-        offsets = (n64 * HW + p64) * C + c64
-    else:
-        offsets = (n64 * C + c64) * HW + p64
-    return offsets
-
-
-@triton.jit(do_not_specialize=["HW", "num_tiles", "num_chunks", "tiles_per_chunk"])
-def _gn_partial_stats_kernel(
-    x_ptr,  # (N, C, H, W) fp32/bf16/fp16, dense NCHW or NHWC (CHANNELS_LAST)
-    mean_ptr,  # (N, C, num_chunks) fp32 out: mean of each channel over the chunk's pixels
-    m2_ptr,  # (N, C, num_chunks) fp32 out: sum of squared deviations from that mean
-    C, HW, num_c_blocks, num_tiles, num_chunks, tiles_per_chunk,
-    CHANNELS_LAST: tl.constexpr,
-    BLOCK_P: tl.constexpr,  # pixels per tile
-    BLOCK_C: tl.constexpr,  # channels per program
-):
-    # program -> (chunk, channel block, sample); chunks vary fastest so neighbours read neighbours
-    pid = tl.program_id(0)
-    chunk = pid % num_chunks
-    rest = pid // num_chunks
-    c_block = rest % num_c_blocks
-    n = rest // num_c_blocks
-
-    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    first_tile = chunk * tiles_per_chunk
-    last_tile = tl.minimum(first_tile + tiles_per_chunk, num_tiles)  # every chunk has >= 1 tile
-
-    # Shifted-data sums: accumulate d = x - K and d^2 per register lane, with K the chunk's first
-    # pixel per channel. K is a sample of the data, typically a few std from the mean, so
-    # sum(d^2) - sum(d)^2 / n does not cancel the way E[x^2] - E[x]^2 does when |mean| >> std.
-    # The loop only adds; the one cross-lane reduction happens after it.
-    first_pixel = first_tile * BLOCK_P + tl.zeros([1], dtype=tl.int32)
-    pivot = tl.load(x_ptr + _tile_offsets(n, c, first_pixel, C, HW, CHANNELS_LAST), mask=c_mask[None, :], other=0.0)
-    pivot = pivot.to(tl.float32)  # [1, BLOCK_C]: K
-    sum_d = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    sum_d2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for tile in range(first_tile, last_tile):
-        p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-        mask = (p < HW)[:, None] & c_mask[None, :]
-        x = tl.load(x_ptr + _tile_offsets(n, c, p, C, HW, CHANNELS_LAST), mask=mask, other=0.0)
-        d = tl.where(mask, x.to(tl.float32) - pivot, 0.0)
-        sum_d += d
-        sum_d2 += d * d
-
-    count = tl.minimum(HW - first_tile * BLOCK_P, (last_tile - first_tile) * BLOCK_P).to(tl.float32)
-    total_d = tl.sum(sum_d, axis=0)
-    mean = tl.sum(pivot, axis=0) + total_d / count
-    m2 = tl.maximum(tl.sum(sum_d2, axis=0) - total_d * total_d / count, 0.0)
-    out = (n.to(tl.int64) * C + c) * num_chunks + chunk
-    tl.store(mean_ptr + out, mean, mask=c_mask)
-    tl.store(m2_ptr + out, m2, mask=c_mask)
-
-
-@triton.jit(do_not_specialize=["HW", "num_chunks", "chunk_pixels"])
-def _gn_combine_fold_kernel(
-    mean_ptr,  # (N, C, num_chunks) fp32: chunk means from _gn_partial_stats_kernel
-    m2_ptr,  # (N, C, num_chunks) fp32: chunk M2
-    weight_ptr,  # (C,) any float dtype
-    bias_ptr,  # (C,) any float dtype
-    scale_ptr,  # (N, C) any float dtype, strides (stride_scale_n, stride_scale_c); read if HAS_SCALE
-    shift_ptr,  # (N, C) any float dtype, strides (stride_shift_n, stride_shift_c); read if HAS_SHIFT
-    a_ptr,  # (N, C) fp32 out: A = rstd * weight * (1 + scale)
-    b_ptr,  # (N, C) fp32 out: B = bias * (1 + scale) + shift
-    center_ptr,  # (N, C) fp32 out: the group mean, broadcast to the group's channels
-    C, HW, num_groups, group_size, num_chunks, chunk_pixels, eps,
-    stride_scale_n, stride_scale_c, stride_shift_n, stride_shift_c,
-    HAS_SCALE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # chunks per loop step (all of them, for the usual split)
-    BLOCK_G: tl.constexpr,  # >= group_size, a power of two
-):
-    pid = tl.program_id(0)  # one program per (sample, group)
-    n = pid // num_groups
-    group = pid % num_groups
-    j = tl.arange(0, BLOCK_G)
-    c = group * group_size + j
-    c_mask = j < group_size
-    # a group's partials are group_size rows of num_chunks contiguous values
-    rows = (n.to(tl.int64) * C + c)[:, None] * num_chunks  # [BLOCK_G, 1]
-    # the affine and modulation parameters do not depend on the statistics: load them first so
-    # their latency overlaps the partials' (this kernel is a short chain of dependent loads)
-    weight = tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
-    b = tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        scale = tl.load(scale_ptr + n * stride_scale_n + c * stride_scale_c, mask=c_mask, other=0.0)
-        one_plus_scale = 1.0 + scale.to(tl.float32)
-        b = b * one_plus_scale
-    if HAS_SHIFT:
-        shift = tl.load(shift_ptr + n * stride_shift_n + c * stride_shift_c, mask=c_mask, other=0.0)
-        b = b + shift.to(tl.float32)
-
-    # Combine all chunk partials of the group in one go (the k-way form of Chan's update):
-    #   mean = sum_k n_k mean_k / n,   M2 = sum_k [ M2_k + n_k (mean_k - mean)^2 ].
-    # Two sweeps over the (small) partials keep the deviations exact; the first sums deviations
-    # from one chunk's mean, so a large |mean| does not round the sum.
-    total = HW.to(tl.float32) * group_size
-    pivot = tl.load(mean_ptr + (n.to(tl.int64) * C + group * group_size) * num_chunks)
-    weighted_sum = tl.zeros([BLOCK_G, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, num_chunks, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        mask = c_mask[:, None] & (k < num_chunks)[None, :]
-        chunk_count = tl.minimum(HW - k * chunk_pixels, chunk_pixels).to(tl.float32)  # last chunk is short
-        chunk_mean = tl.load(mean_ptr + rows + k[None, :], mask=mask, other=0.0)
-        weighted_sum += tl.where(mask, chunk_count[None, :] * (chunk_mean - pivot), 0.0)
-    mean = pivot + tl.sum(tl.sum(weighted_sum, axis=1), axis=0) / total
-
-    m2_acc = tl.zeros([BLOCK_G, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, num_chunks, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        mask = c_mask[:, None] & (k < num_chunks)[None, :]
-        chunk_count = tl.minimum(HW - k * chunk_pixels, chunk_pixels).to(tl.float32)
-        chunk_mean = tl.load(mean_ptr + rows + k[None, :], mask=mask, other=0.0)
-        chunk_m2 = tl.load(m2_ptr + rows + k[None, :], mask=mask, other=0.0)
-        deviation = chunk_mean - mean
-        m2_acc += tl.where(mask, chunk_m2 + chunk_count[None, :] * deviation * deviation, 0.0)
-    var = tl.sum(tl.sum(m2_acc, axis=1), axis=0) / total  # biased, as torch's GroupNorm
-    rstd = 1.0 / tl.sqrt(var + eps)
-
-    # fold normalisation, affine and modulation into y = A * (x - mean) + B
-    a = rstd * weight
-    if HAS_SCALE:
-        a = a * one_plus_scale
-    tl.store(a_ptr + n * C + c, a, mask=c_mask)
-    tl.store(b_ptr + n * C + c, b, mask=c_mask)
-    tl.store(center_ptr + n * C + c, tl.zeros([BLOCK_G], dtype=tl.float32) + mean, mask=c_mask)
 
 
 @triton.jit(do_not_specialize=["HW", "num_p_tiles"])
@@ -220,10 +76,13 @@ def _gn_apply_kernel(
     C, HW, num_c_blocks, num_p_tiles,
     X_CHANNELS_LAST: tl.constexpr,
     Y_CHANNELS_LAST: tl.constexpr,
+    HW_ALIGNED: tl.constexpr,  # an NCHW tensor with H*W % 16 == 0 (checked by the launcher)
     APPLY_SILU: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    if HW_ALIGNED:
+        HW = aligned_pixels(HW)
     # 1-D grid (pixel tiles vary fastest): a 2048^2 image has more tiles than CUDA's 65535 limit
     # on grid axes 1 and 2.
     pid = tl.program_id(0)
@@ -243,101 +102,24 @@ def _gn_apply_kernel(
     x = tl.load(x_ptr + _tile_offsets(n, c, p, C, HW, X_CHANNELS_LAST), mask=mask, other=0.0)
     y = (x.to(tl.float32) - center[None, :]) * a[None, :] + b[None, :]
     if APPLY_SILU:
-        y = y * tl.sigmoid(y)
+        y = silu(y)
     tl.store(y_ptr + _tile_offsets(n, c, p, C, HW, Y_CHANNELS_LAST), y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-# ------------------------------------------------------------------------------------------------
-# Launch configuration
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GroupNormConfig:
-    """Block sizes and the statistics split. Depends on C and the layout, never on H or W."""
-
-    block_p: int  # pixels per tile
-    block_c: int  # channels per program
-    stats_programs: int  # aim for at least this many statistics programs (fills a 132-SM GPU)
-    num_warps: int = 4
-
-
-def pick_config(num_channels: int, channels_last: bool) -> GroupNormConfig:
-    """Tiles of about 4096 elements, contiguous along the layout's fast axis: whole pixel rows of
-    channels for NHWC, long pixel runs of a few channels for NCHW."""
-    c_pow2 = next_power_of_2(num_channels)
-    block_c = min(c_pow2, 128) if channels_last else min(c_pow2, 4)
-    return GroupNormConfig(block_p=max(4096 // block_c, 16), block_c=block_c, stats_programs=512)
-
-
-@dataclass(frozen=True)
-class StatsSplit:
-    """How pass 1 covers the (N, C, H*W) activation: programs = N * num_c_blocks * num_chunks."""
-
-    num_c_blocks: int
-    num_tiles: int  # pixel tiles of cfg.block_p per (sample, channel block)
-    tiles_per_chunk: int
-    num_chunks: int  # every chunk holds at least one tile
-
-    @property
-    def programs_per_sample(self) -> int:
-        return self.num_c_blocks * self.num_chunks
-
-
-def combine_block_k(cfg: GroupNormConfig, block_g: int) -> int:
-    """Chunks per step of pass 2: all of them (at most cfg.stats_programs) in one step when the
-    [BLOCK_G, BLOCK_K] tile stays within 8192 values, so the pass is not a chain of loads."""
-    return max(1, min(next_power_of_2(cfg.stats_programs), 8192 // block_g))
-
-
-def stats_split(batch: int, num_channels: int, num_pixels: int, cfg: GroupNormConfig) -> StatsSplit:
-    """Split H*W into chunks so that batch * num_c_blocks * num_chunks reaches cfg.stats_programs:
-    at batch 1 the statistics pass still fills the GPU."""
-    num_c_blocks = cdiv(num_channels, cfg.block_c)
-    num_tiles = cdiv(num_pixels, cfg.block_p)
-    wanted_chunks = max(1, min(num_tiles, cdiv(cfg.stats_programs, batch * num_c_blocks)))
-    tiles_per_chunk = cdiv(num_tiles, wanted_chunks)
-    return StatsSplit(num_c_blocks, num_tiles, tiles_per_chunk, cdiv(num_tiles, tiles_per_chunk))
-
-
 def _launch(x, num_groups, weight, bias, scale, shift, eps, apply_silu, out) -> None:
-    """Run passes 1-3 on dense 4-D ``x`` into dense 4-D ``out`` (validated by the caller)."""
+    """Run the statistics pass and the apply pass on dense 4-D ``x`` into dense 4-D ``out``
+    (validated by the caller)."""
     N, C, H, W = x.shape
-    HW = H * W
     x_channels_last = is_channels_last(x)
-    cfg = pick_config(C, x_channels_last)
-    split = stats_split(N, C, HW, cfg)
-    num_c_blocks, num_tiles = split.num_c_blocks, split.num_tiles
-    tiles_per_chunk, num_chunks = split.tiles_per_chunk, split.num_chunks
-
-    chunk_mean = torch.empty((N, C, num_chunks), dtype=torch.float32, device=x.device)
-    chunk_m2 = torch.empty_like(chunk_mean)
-    _gn_partial_stats_kernel[(N * num_c_blocks * num_chunks,)](
-        x, chunk_mean, chunk_m2,
-        C, HW, num_c_blocks, num_tiles, num_chunks, tiles_per_chunk,
-        CHANNELS_LAST=x_channels_last, BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
-    )
-    record_launch("gn_partial_stats")
-
-    group_size = C // num_groups
-    block_g = next_power_of_2(group_size)
-    a = torch.empty((N, C), dtype=torch.float32, device=x.device)
-    b = torch.empty_like(a)
-    center = torch.empty_like(a)
-    _gn_combine_fold_kernel[(N * num_groups,)](
-        chunk_mean, chunk_m2, weight, bias,
-        scale if scale is not None else a, shift if shift is not None else a,  # dummies when absent
-        a, b, center,
-        C, HW, num_groups, group_size, num_chunks, tiles_per_chunk * cfg.block_p, float(eps),
-        *(scale.stride() if scale is not None else (0, 0)),
-        *(shift.stride() if shift is not None else (0, 0)),
-        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        BLOCK_K=combine_block_k(cfg, block_g), BLOCK_G=block_g, num_warps=4,
-    )
-    record_launch("gn_combine_fold")
-
-    _gn_apply_kernel[(N * num_c_blocks * num_tiles,)](
+    cfg = pick_config(C, x_channels_last, on_gpu=x.is_cuda)
+    split = stats_split(N, C, H * W, cfg)
+    a, b, center = torch.empty((3, N, C), dtype=torch.float32, device=x.device)
+    launch_statistics(x, num_groups, eps, cfg, split, a, b, center, weight, bias, scale, shift)
+    _gn_apply_kernel[(N * split.num_c_blocks * split.num_tiles,)](
         x, a, b, center, out,
-        C, HW, num_c_blocks, num_tiles,
-        X_CHANNELS_LAST=x_channels_last, Y_CHANNELS_LAST=is_channels_last(out), APPLY_SILU=bool(apply_silu),
+        C, H * W, split.num_c_blocks, split.num_tiles,
+        X_CHANNELS_LAST=x_channels_last, Y_CHANNELS_LAST=is_channels_last(out),
+        HW_ALIGNED=hw_aligned(x, out), APPLY_SILU=bool(apply_silu),
         BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )
     record_launch("gn_apply")
@@ -426,15 +208,10 @@ def _validate(x, num_groups, weight, bias, scale, shift, eps, apply_silu, out):
 
 
 def _reference_fp32(x, num_groups, weight, bias, scale, shift, eps, apply_silu) -> torch.Tensor:
-    """Equation (1) in fp32 with torch ops, in x's layout, still fp32."""
-    h = F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
-    if scale is not None:
-        h = h * (1.0 + scale.float()[:, :, None, None])
-    if shift is not None:
-        h = h + shift.float()[:, :, None, None]
-    if apply_silu:
-        h = F.silu(h)
-    return h
+    """Equation (1) in fp32: the reference's definition fed fp32 copies, in x's layout."""
+    return modulated_group_norm(x.float(), num_groups, weight.float(), bias.float(), eps,
+                                scale.float() if scale is not None else None,
+                                shift.float() if shift is not None else None, silu=apply_silu)
 
 
 def group_norm_modulate_silu_reference(

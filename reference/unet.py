@@ -1,6 +1,7 @@
 """The DDPM-style U-Net with adaptive GroupNorm that ResFlow uses as its velocity field.
 
-Follows the ResBlock of resflow-math.md (the ``use_scale_shift_norm`` block of guided-diffusion):
+Follows the ResBlock of docs/design/math.md, "Network" (the ``use_scale_shift_norm`` block of
+guided-diffusion):
 
     h = conv3x3(SiLU(GN(x)))
     (s, b) = Linear(SiLU(temb))
@@ -8,7 +9,10 @@ Follows the ResBlock of resflow-math.md (the ``use_scale_shift_norm`` block of g
     h = conv3x3(dropout(h))
     out = skip(x) + h            (skip: 1x1 conv when channels change)
 
-GroupNorm statistics are computed in fp32 whatever the activation dtype. Self-attention blocks
+GroupNorm statistics are computed in fp32 whatever the activation dtype. The adaptive GroupNorm is
+defined once, in :func:`modulated_group_norm` (with its statistics, :func:`group_norm_statistics`,
+and its per-channel affine form, :func:`group_norm_coefficients`); the fused kernels' twins and the
+fast U-Net call these. Self-attention blocks
 (GN, 1x1 qkv, attention, 1x1 out, residual) sit only at the low resolutions named by
 ``attention_downsample``; down-sampling is a stride-2 conv, up-sampling nearest x2 then a conv,
 and encoder activations are concatenated into the decoder.
@@ -83,7 +87,7 @@ class UNetConfig:
 
 
 #: Presets. ``test`` (no attention) trains a step in well under a second on a 2-core CPU; ``default`` is the
-#: compact model the package ships; ``bench19m`` is the 19.1M benchmark model of anchors.md;
+#: compact model the package ships; ``bench19m`` is the 19.1M benchmark model of docs/design/performance.md;
 #: ``paper`` is the DDPM-256-sized model of the paper [choice: the paper only names "DDPM U-Net"].
 PRESETS: dict[str, dict] = {
     "test": dict(base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1, attention_downsample=(),
@@ -114,11 +118,68 @@ def preset_config(name: str, image_channels: int = 3, auxiliary: bool = True, **
 # ----------------------------------------------------------------------------------------------
 # building blocks
 # ----------------------------------------------------------------------------------------------
+def modulated_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                         eps: float, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                         silu: bool = False) -> torch.Tensor:
+    """The adaptive GroupNorm of the ResBlock (docs/design/math.md, "Network"):
+
+        GN(x) * (1 + scale) + shift,   then SiLU if ``silu``
+
+    with ``GN(x) = (x - mean_g) * rstd_g * weight + bias`` over groups g of C / num_groups channels
+    and all pixels (biased variance, ``rstd = 1 / sqrt(var + eps)``). x is (N, C, H, W); weight,
+    bias (C,) or None (1 and 0); scale, shift (N, C) or None (no modulation). The normalisation runs
+    in fp32 and is cast back to x's dtype (bf16 statistics lose too much precision); the modulation
+    and SiLU run in x's dtype, so fp32 inputs give an fp32 result throughout.
+    """
+    h = F.group_norm(x.float(), num_groups, weight, bias, eps).to(x.dtype)
+    if scale is not None:
+        h = h * (1 + scale[:, :, None, None])
+    if shift is not None:
+        h = h + shift[:, :, None, None]
+    return F.silu(h) if silu else h
+
+
+def group_norm_statistics(x: torch.Tensor, num_groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The statistics :func:`modulated_group_norm` normalises with: ``(mean, rstd)``, each
+    (N, num_groups) fp32, from the biased variance, ``rstd = 1 / sqrt(var + eps)``."""
+    var, mean = torch.var_mean(x.float().reshape(x.shape[0], num_groups, -1), dim=2, unbiased=False)
+    return mean, torch.rsqrt(var + eps)
+
+
+def group_norm_coefficients(rstd: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                            scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                            channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`modulated_group_norm` before its SiLU as one affine per (n, c) around the group mean:
+
+        GN(x) * (1 + scale) + shift = A * (x - mean_g(c)) + B,
+        A = rstd_g(c) * weight * (1 + scale),    B = bias * (1 + scale) + shift
+
+    with g(c) = c // (C / G). ``rstd`` is (N, G) (from :func:`group_norm_statistics`); ``channels``
+    is C when neither weight nor scale tells it. Returns (A, B), fp32; B may be an expanded view.
+    """
+    N, G = rstd.shape
+    C = weight.shape[0] if weight is not None else (scale.shape[1] if scale is not None else channels)
+    if C is None or C % G:
+        raise ValueError(f"group_norm_coefficients: cannot tell C from weight/scale/channels, or C={C} "
+                         f"is not a multiple of G={G}")
+    a = rstd.float().repeat_interleave(C // G, dim=1)
+    if weight is not None:
+        a = a * weight.float()
+    b = (bias.float() if bias is not None else torch.zeros(C, device=rstd.device)).expand(N, C)
+    if scale is not None:
+        one_plus = 1.0 + scale.float()
+        a = a * one_plus
+        b = b * one_plus
+    if shift is not None:
+        b = b + shift.float()
+    return a, b
+
+
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in fp32 and cast back: bf16 statistics lose too much precision."""
+    """GroupNorm computed in fp32 and cast back (:func:`modulated_group_norm` without modulation)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        return modulated_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, time_scale: float = 1000.0, max_period: float = 10000.0) -> torch.Tensor:
@@ -133,7 +194,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, time_scale: float = 1000.0, ma
 
 
 class ResBlock(nn.Module):
-    """Adaptive-GroupNorm residual block (resflow-math.md, "Network")."""
+    """Adaptive-GroupNorm residual block (docs/design/math.md, "Network")."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_ch: int, num_groups: int, dropout: float):
         super().__init__()
@@ -156,7 +217,8 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         s, b = self.scale_shift(emb)
-        h = F.silu(self.norm2(h) * (1 + s[:, :, None, None]) + b[:, :, None, None])
+        norm2 = self.norm2
+        h = modulated_group_norm(h, norm2.num_groups, norm2.weight, norm2.bias, norm2.eps, s, b, silu=True)
         h = self.conv2(self.dropout(h))
         return self.skip(x) + h
 

@@ -1,43 +1,10 @@
 """Per-layer-shape choice between the fused 3x3 conv and the cuDNN + fused-norm path.
 
-Architecture.md, fusion plan item 5: :func:`resflow_fast.kernels.fused_conv3x3` (the norm in its
-prologue, the next norm's statistics and the residual in its epilogue) is "kept only per layer
-shape where it beats the cuDNN path, decided by measurement and cached". This module is that
-decision; :class:`resflow_fast.fast_unet.FastUNet` asks it once per ResBlock conv and forward.
-
-Policies (``FastUNet(..., fused_conv=...)``, ``ResFlowSampler(..., fused_conv=...)``):
-
-* ``"off"``: never fuse; the fast U-Net runs exactly as it did before the fused path existed.
-  The built-in default.
-* ``"on"``: always fuse (every ResBlock conv), on any device: for tests and forced experiments.
-  On CPU tensors the kernel runs under the Triton interpreter or as its pure-torch twin.
-* ``"auto"``: on CUDA, the first time a :class:`ConvKey` is seen, both paths are timed on the
-  actual shape (CUDA events, a few warm-up and timed calls, medians) and the fused one is kept
-  only if it is faster by more than :data:`AUTO_MARGIN`; the decision is cached in memory and in
-  a JSON file (below), so later processes do not measure again. On the CPU ``"auto"`` is ``"off"``
-  (the interpreter's timings mean nothing, and the twins are not faster than torch).
-
-Where no policy is given (``fused_conv=None``), ``$RESFLOW_FUSED_CONV`` (``off``, ``on`` or
-``auto``) picks it, else ``"off"``; an explicit argument always wins over the variable.
-
-The key (:class:`ConvKey`): device name, activation dtype, C_in, C_out, stride, a coarse bucket of
-H * W (powers of 4: 256 <= H*W < 1024 is one bucket), and the fused variant (what the fused call
-folds in besides the conv: the input norm and output statistics of a ResBlock's conv1, the
-modulated norm and identity residual or 1x1 skip of its conv2), because the same shape with a
-different epilogue is a different comparison. The batch size is not in the key; like the size
-bucket, it moves both paths alike.
-
-The disk cache: ``$RESFLOW_CACHE/conv_dispatch.json`` (``$RESFLOW_CACHE`` defaults to
-``~/.cache/resflow_fast``, the folder :mod:`resflow_fast.evaluate` uses), or the ``cache_path``
-given. It is read once per :class:`ConvDispatch` (on the first "auto" miss) and rewritten
-atomically (``reference.checkpoint.atomic_write_bytes``) after each new measurement, merged with
-what is on disk then, so concurrent processes lose at most each other's newest entries. A cache
-that cannot be read or parsed is ignored with a warning, and one that cannot be written only
-costs a warning: the dispatcher never fails a forward over its cache. A measurement that raises
-(a kernel that does not compile for a shape, say) decides "not fused" for that key, with a warning.
-
-Entries record the torch and Triton versions they were measured with; they are not invalidated by
-a version change (delete the file to re-measure after upgrading either, or the kernel).
+docs/design/architecture.md, "The fusion plan", item 5: :func:`resflow_fast.kernels.fused_conv3x3`
+(the norm in its prologue, the next norm's statistics and the residual in its epilogue) is kept
+only per layer shape where it measures faster than the cuDNN path, decided by measurement and
+cached. :class:`ConvDispatch` is that decision; :class:`resflow_fast.fast_unet.FastUNet` asks it
+once per ResBlock conv and forward.
 """
 from __future__ import annotations
 
@@ -114,7 +81,7 @@ def device_name(device: torch.device) -> str:
 
 @dataclass(frozen=True)
 class ConvKey:
-    """What a fuse-or-not decision is cached under (see the module docstring)."""
+    """What a fuse-or-not decision is cached under (see :class:`ConvDispatch`)."""
 
     device_type: str  # "cuda", "cpu", ...: "auto" measures on "cuda" only
     device_name: str  # e.g. "NVIDIA H100 80GB HBM3"
@@ -177,7 +144,40 @@ def _versions() -> dict:
 
 
 class ConvDispatch:
-    """Decides, per :class:`ConvKey`, whether a conv runs fused (see the module docstring).
+    """Decides, per :class:`ConvKey`, whether a conv runs fused.
+
+    Policies (``FastUNet(..., fused_conv=...)``, ``ResFlowSampler(..., fused_conv=...)``):
+
+    * ``"off"``: never fuse; the fast U-Net runs its convs through cuDNN only. The built-in default.
+    * ``"on"``: always fuse (every ResBlock conv), on any device: for tests and forced experiments.
+      On CPU tensors the kernel runs under the Triton interpreter or as its pure-torch twin.
+    * ``"auto"``: on CUDA, the first time a :class:`ConvKey` is seen, both paths are timed on the
+      actual shape (CUDA events, a few warm-up and timed calls, medians) and the fused one is kept
+      only if it is faster by more than :data:`AUTO_MARGIN`; the decision is cached in memory and in
+      a JSON file (below), so later processes do not measure again. On the CPU ``"auto"`` is ``"off"``
+      (the interpreter's timings mean nothing, and the twins are not faster than torch).
+
+    Where no policy is given (``fused_conv=None``), ``$RESFLOW_FUSED_CONV`` (``off``, ``on`` or
+    ``auto``) picks it, else ``"off"``; an explicit argument always wins over the variable.
+
+    The key (:class:`ConvKey`): device name, activation dtype, C_in, C_out, stride, a coarse bucket of
+    H * W (powers of 4: 256 <= H*W < 1024 is one bucket), and the fused variant (what the fused call
+    folds in besides the conv: the input norm and output statistics of a ResBlock's conv1, the
+    modulated norm and identity residual or 1x1 skip of its conv2), because the same shape with a
+    different epilogue is a different comparison. The batch size is not in the key; like the size
+    bucket, it moves both paths alike.
+
+    The disk cache: ``$RESFLOW_CACHE/conv_dispatch.json`` (``$RESFLOW_CACHE`` defaults to
+    ``~/.cache/resflow_fast``, the folder :mod:`resflow_fast.evaluate` uses), or the ``cache_path``
+    given. It is read once per :class:`ConvDispatch` (on the first "auto" miss) and rewritten
+    atomically (``reference.checkpoint.atomic_write_bytes``) after each new measurement, merged with
+    what is on disk then, so concurrent processes lose at most each other's newest entries. A cache
+    that cannot be read or parsed is ignored with a warning, and one that cannot be written only
+    costs a warning: the dispatcher never fails a forward over its cache. A measurement that raises
+    (a kernel that does not compile for a shape, say) decides "not fused" for that key, with a warning.
+
+    Entries record the torch and Triton versions they were measured with; they are not invalidated by
+    a version change (delete the file to re-measure after upgrading either, or the kernel).
 
     Args:
         policy: "off", "on", "auto", or None for ``$RESFLOW_FUSED_CONV`` (default "off").

@@ -1,71 +1,42 @@
-"""The fast U-Net forward: a reference :class:`UNet`'s own parameters run through the fused kernels.
+"""The fast U-Net forward: a reference :class:`UNet`'s own parameters run through the fused kernels,
+in bf16 and channels-last (docs/design/architecture.md, "The fast U-Net").
 
-Nothing is copied out of the reference module: every call reads its current parameters, so a
-model being trained can be sampled mid-training with the weights it has now. What changes is how
-the forward runs (architecture.md, "the fast U-Net"):
-
-* activations in ``dtype`` (bf16 by default) and channels-last, where cuDNN's convs are fastest;
-* every GroupNorm (+ time modulation + SiLU) is one call of the Triton
-  :func:`group_norm_modulate_silu` instead of five eager passes;
-* attention goes through ``scaled_dot_product_attention`` on (B, heads, HW, d) views of the
-  channels-last activation (flash attention on GPUs);
-* all time-dependent work (the time embedding, every ResBlock's (scale, shift)) is computed for
-  all sampler steps at once by :meth:`FastUNet.prepare`, outside the per-step forward;
-* optionally (``fused_conv``, default off), a ResBlock's convs run as
-  :func:`fused_conv3x3` with the GroupNorm (+ modulation) + SiLU in the conv's prologue, per conv
-  where :class:`conv_dispatch.ConvDispatch` says so (architecture.md, fusion plan item 5):
-
-      conv1:  (m1, r1) = group stats of x (fp32, torch: :func:`group_stats`)
-              (A1, B1) = fold(m1, r1, GN1 affine)                        [fold_group_norm]
-              h, (m2, r2) = fused_conv3x3(x, W1, b1, prologue=(A1, B1), stats of h for GN2)
-      conv2:  (A2, B2) = fold(m2, r2, GN2 affine, 1 + s, shift b)        [fold_group_norm]
-              out = fused_conv3x3(h, W2, b2, prologue=(A2, B2), residual=x | 1x1 skip of x)
-
-  so the normalised tensors never exist in memory. Where a ResBlock's output is the next norm's
-  input as is (a ResBlock followed by another in the down path and the middle, and the last one
-  into the output norm), conv2 also returns that norm's statistics, and the next conv skips
-  :func:`group_stats`;
-* in :meth:`FastUNet.step` (the sampler's per-step call), the output conv with the output norm in
-  its prologue and the Euler update of the fp32 state in its epilogue (:func:`fused_conv3x3_euler`),
-  so the velocity never exists in memory either.
-
-  Inference only: a block in training mode with dropout > 0 runs the unfused path (which, like
-  before, treats dropout as the identity). With ``fused_conv="off"`` the forward is exactly the
-  unfused one.
-
-The math is the reference's (resflow-math.md, "Network"); this file only reorders memory traffic.
+The math is the reference's (docs/design/math.md, "Network"); this module only reorders memory
+traffic: fused norms, attention through ``scaled_dot_product_attention``, the time conditioning of
+all steps at once and, per conv where the dispatch says so, convs with their norm and epilogue
+fused in (see :class:`FastUNet`).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .conv_dispatch import ConvDispatch, ConvKey, is_capturing
-from .kernels import euler_step, fused_conv3x3, fused_conv3x3_euler, group_norm_modulate_silu, pack_conv3x3_weight
-from .reference.unet import AttentionBlock, Downsample, GroupNorm32, ResBlock, Stage, UNet, Upsample
+from .kernels import (
+    euler_step,
+    fused_conv3x3,
+    fused_conv3x3_euler,
+    group_norm_modulate_silu,
+    group_stats,
+    pack_conv3x3_weight,
+)
+from .reference.unet import (
+    AttentionBlock,
+    Downsample,
+    GroupNorm32,
+    ResBlock,
+    Stage,
+    UNet,
+    Upsample,
+    group_norm_coefficients,
+)
 
 
 _LOG = logging.getLogger("resflow_fast")
-
-
-def group_stats(x: torch.Tensor, num_groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """GroupNorm statistics of ``x`` (N, C, H, W): ``(mean, rstd)``, each (N, num_groups) fp32,
-    with the biased variance and ``rstd = 1 / sqrt(var + eps)``, as ``F.group_norm`` uses them.
-
-    The input statistics of a fused conv where no previous conv's epilogue supplied them: after a
-    resampler, a skip concatenation or attention, or an unfused conv (see :meth:`FastUNet._features`
-    for where they chain). Plain torch in fp32 (``torch.var_mean``, never ``E[x^2] - E[x]^2``),
-    simple and accurate, at the price of an fp32 copy of x and its reduction, which "auto" timing
-    charges to the fused path.
-    """
-    N, C = x.shape[:2]
-    # (N, H, W, C) is a free view of a channels-last x; groups are runs of C // G channels
-    grouped = x.permute(0, 2, 3, 1).reshape(N, -1, num_groups, C // num_groups).float()
-    var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0)
-    return mean, torch.rsqrt(var + eps)
 
 
 def fold_group_norm(mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
@@ -75,7 +46,8 @@ def fold_group_norm(mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor
 
     With group statistics ``mean``, ``rstd`` (N, G) of x, GroupNorm affine ``weight`` = gamma,
     ``bias`` = beta (C,) and modulation ``scale``, ``shift`` (N, C), equation (1) of
-    kernels/fused_conv3x3.py (the ResBlock norm of resflow-math.md, "Network"):
+    kernels/fused_conv3x3.py (the ResBlock norm of docs/design/math.md, "Network"; the affine form
+    is the reference's ``group_norm_coefficients``):
 
         SiLU(GN(x) * (1 + scale) + shift) = SiLU(A * x + B),
         A[n, c] = rstd[n, g(c)] * gamma[c] * (1 + scale[n, c])
@@ -88,23 +60,46 @@ def fold_group_norm(mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor
     2^-24 |mean| / std, see kernels/group_norm_modulate_silu.py): harmless for U-Net activations,
     whose group means are within a few std of 0, but why the standalone norm centres instead.
     """
-    N, G = mean.shape
-    C = weight.shape[0] if weight is not None else (scale.shape[1] if scale is not None else None)
-    if C is None or C % G:
-        raise ValueError(f"fold_group_norm: cannot tell C from weight/scale, or C={C} is not a multiple of G={G}")
-    per_group = C // G
-    m = mean.float().repeat_interleave(per_group, dim=1)
-    a = rstd.float().repeat_interleave(per_group, dim=1)
-    if weight is not None:
-        a = a * weight.float()
-    b = (bias.float() if bias is not None else torch.zeros(C, device=mean.device)).expand(N, C)
-    if scale is not None:
-        one_plus = 1.0 + scale.float()
-        a = a * one_plus
-        b = b * one_plus
-    if shift is not None:
-        b = b + shift.float()
+    a, b = group_norm_coefficients(rstd, weight, bias, scale, shift)
+    m = mean.float().repeat_interleave(a.shape[1] // mean.shape[1], dim=1)
     return a.contiguous(), (b - a * m).contiguous()
+
+
+@dataclass(eq=False)
+class ConvWeights:
+    """What the fast path runs one conv with, derived from the conv's parameters for one dtype:
+    the weight (channels-last, for cuDNN) and bias cast once, and, made on first use, the fused
+    convs' packed weight and fp32 bias. Valid while the parameters are the same tensors, unchanged:
+    same objects, storage (``data_ptr``) and in-place version (``_version``, which every in-place
+    update through autograd-visible ops such as an optimizer step or ``load_state_dict`` bumps)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    signature: tuple
+    derived: dict = field(default_factory=dict)
+
+    @staticmethod
+    def signature_of(conv: torch.nn.Conv2d) -> tuple:
+        return tuple((weakref.ref(p), p.data_ptr(), p._version) for p in (conv.weight, conv.bias) if p is not None)
+
+    @classmethod
+    def make(cls, conv: torch.nn.Conv2d, dtype: torch.dtype) -> ConvWeights:
+        weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+        bias = conv.bias.detach().to(dtype) if conv.bias is not None else None
+        return cls(weight, bias, cls.signature_of(conv))
+
+    def matches(self, conv: torch.nn.Conv2d) -> bool:
+        params = [p for p in (conv.weight, conv.bias) if p is not None]
+        return len(params) == len(self.signature) and all(
+            ref() is p and ptr == p.data_ptr() and version == p._version
+            for (ref, ptr, version), p in zip(self.signature, params))
+
+    def get(self, name: str, make):
+        """The derived tensor ``name``, made by ``make()`` the first time it is asked for."""
+        value = self.derived.get(name)
+        if value is None:
+            value = self.derived[name] = make()
+        return value
 
 
 @dataclass
@@ -115,7 +110,42 @@ class StepConditioning:
 
 
 class FastUNet:
-    """Runs ``unet`` (a reference :class:`UNet`) with fused kernels in ``dtype`` and channels-last.
+    """Runs ``unet`` (a reference :class:`UNet`) with fused kernels in ``dtype`` and channels-last:
+
+    * activations in ``dtype`` (bf16 by default) and channels-last, which cuDNN's NHWC convs read
+      without a transpose;
+    * every GroupNorm (+ time modulation + SiLU) is one call of the Triton
+      :func:`group_norm_modulate_silu` instead of five eager passes;
+    * attention goes through ``scaled_dot_product_attention`` on (B, heads, HW, d) views of the
+      channels-last activation (flash attention on GPUs);
+    * all time-dependent work (the time embedding, every ResBlock's (scale, shift)) is computed for
+      all sampler steps at once by :meth:`FastUNet.prepare`, outside the per-step forward;
+    * optionally (``fused_conv``, default off), a ResBlock's convs run as :func:`fused_conv3x3`
+      with the GroupNorm (+ modulation) + SiLU in the conv's prologue, per conv where
+      :class:`conv_dispatch.ConvDispatch` says so (docs/design/architecture.md, "The fusion plan",
+      item 5):
+
+          conv1:  (m1, r1) = group stats of x (fp32, one Triton pass: :func:`group_stats`)
+                  (A1, B1) = fold(m1, r1, GN1 affine)                        [fold_group_norm]
+                  h, (m2, r2) = fused_conv3x3(x, W1, b1, prologue=(A1, B1), stats of h for GN2)
+          conv2:  (A2, B2) = fold(m2, r2, GN2 affine, 1 + s, shift b)        [fold_group_norm]
+                  out = fused_conv3x3(h, W2, b2, prologue=(A2, B2), residual=x | 1x1 skip of x)
+
+      so the normalised tensors never exist in memory. Where a ResBlock's output is the next norm's
+      input as is (a ResBlock followed by another in the down path and the middle, and the last one
+      into the output norm), conv2 also returns that norm's statistics, and the next conv skips
+      :func:`group_stats`;
+    * in :meth:`FastUNet.step` (the sampler's per-step call), the output conv with the output norm in
+      its prologue and the Euler update of the fp32 state in its epilogue (:func:`fused_conv3x3_euler`),
+      so the velocity never exists in memory either.
+
+      Inference only: a block in training mode with dropout > 0 runs the unfused path (which treats
+      dropout as the identity). With ``fused_conv="off"`` the forward is exactly the unfused one.
+
+    The parameters are read from the reference module, never copied out for good: the casts and
+    packings the kernels need are made once and kept per conv while its parameters are unchanged
+    (:class:`ConvWeights`), and made again for a conv whose parameters an optimizer step or
+    ``load_state_dict`` updated, so a model in training is sampled with the weights it has now.
 
     ``prepare(times, batch)`` precomputes the conditioning of every step; ``forward(z, cond)``
     evaluates the network for one step. ``z`` must already be padded to ``unet.multiple``.
@@ -133,9 +163,8 @@ class FastUNet:
         self.dtype = dtype
         self.config = unet.config
         self.dispatch = fused_conv if isinstance(fused_conv, ConvDispatch) else ConvDispatch(fused_conv)
-        self._weights: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._packed: dict[int, torch.Tensor] = {}  # fused_conv3x3 weights, packed on first use
-        self._res_blocks = [m for m in unet.modules() if isinstance(m, ResBlock)]
+        self._cached: dict[int, ConvWeights] = {}  # kept across calls while the parameters are unchanged
+        self._weights: dict[int, ConvWeights] = {}  # what this call's forwards use
         self._dropout_logged = False
 
     @property
@@ -145,17 +174,29 @@ class FastUNet:
     # -- once per sampler call -------------------------------------------------------------------
     @torch.no_grad()
     def refresh_weights(self) -> None:
-        """Cast every conv/linear weight once per sampler call (not per step) to ``dtype``.
+        """Bring every conv's :class:`ConvWeights` up to date, once per sampler call (not per step).
 
-        Conv weights go channels-last so cuDNN picks its NHWC kernels without a transpose.
+        A conv whose parameters are unchanged since the last call keeps its cast and packed
+        weights; one whose parameters were updated (in place, or replaced) is cast again. Inside a
+        CUDA-graph capture everything is cast afresh and not kept: the casts become part of the
+        graph, so each replay reads the parameters as they are then.
         """
-        self._weights.clear()
-        self._packed.clear()
+        capturing = is_capturing()
+        weights = {}
         for m in self.unet.modules():
             if isinstance(m, torch.nn.Conv2d):
-                w = m.weight.detach().to(self.dtype).contiguous(memory_format=torch.channels_last)
-                b = m.bias.detach().to(self.dtype) if m.bias is not None else None
-                self._weights[id(m)] = (w, b)
+                entry = None if capturing else self._cached.get(id(m))
+                if entry is None or not entry.matches(m):
+                    entry = ConvWeights.make(m, self.dtype)
+                weights[id(m)] = entry
+        self._weights = weights
+        if not capturing:  # convs no longer in the network drop out
+            self._cached = dict(weights)
+
+    def clear_weight_cache(self) -> None:
+        """Forget the cast weights: the next call casts every conv again. Needed only after
+        changing parameters in a way their version does not record (writing through ``.data``)."""
+        self._cached.clear()
 
     @torch.no_grad()
     def prepare(self, times: torch.Tensor, batch: int) -> list[StepConditioning]:
@@ -169,15 +210,15 @@ class FastUNet:
         emb = self.unet.time_embedding(t).float()  # (S*B, E), fp32: it is tiny
         steps = times.shape[0]
         per_block = {}
-        for block in self._res_blocks:
+        for block in (m for m in self.unet.modules() if isinstance(m, ResBlock)):
             s, b = block.scale_shift(emb)  # (S*B, C) each
             per_block[id(block)] = (s.float().view(steps, batch, -1), b.float().view(steps, batch, -1))
         return [StepConditioning({k: (s[i], b[i]) for k, (s, b) in per_block.items()}) for i in range(steps)]
 
     # -- building blocks -------------------------------------------------------------------------
     def _conv(self, conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        w, b = self._weights[id(conv)]
-        return F.conv2d(x, w, b, stride=conv.stride, padding=conv.padding)
+        w = self._weights[id(conv)]
+        return F.conv2d(x, w.weight, w.bias, stride=conv.stride, padding=conv.padding)
 
     def _norm(self, norm: GroupNorm32, x: torch.Tensor, scale=None, shift=None, silu: bool = True) -> torch.Tensor:
         return group_norm_modulate_silu(x, norm.num_groups, norm.weight, norm.bias, scale, shift,
@@ -207,10 +248,38 @@ class FastUNet:
         return True
 
     def _packed_weight(self, conv: torch.nn.Conv2d) -> torch.Tensor:
-        packed = self._packed.get(id(conv))
-        if packed is None:
-            packed = self._packed[id(conv)] = pack_conv3x3_weight(conv.weight.detach(), self.dtype)
-        return packed
+        """The fused convs' (9 * C_in, C_out) weight in ``dtype``."""
+        return self._weights[id(conv)].get("packed", lambda: pack_conv3x3_weight(conv.weight.detach(), self.dtype))
+
+    def _fp32_bias(self, conv: torch.nn.Conv2d) -> torch.Tensor | None:
+        """The conv's bias in fp32, as the fused epilogues add it (None without a bias)."""
+        if conv.bias is None:
+            return None
+        return self._weights[id(conv)].get("bias_fp32", lambda: conv.bias.detach().float().contiguous())
+
+    def _skip_operands(self, block: ResBlock) -> dict:
+        """conv2's keyword arguments for the block's 1x1 skip conv: its weight packed to
+        (C_skip, C_out) in ``dtype`` (passed as the (C_out, C_skip) view fused_conv3x3 takes
+        without copying) and conv2's and the skip's biases summed in fp32 (passed as the bias)."""
+        conv2, skip = self._weights[id(block.conv2)], self._weights[id(block.skip)]
+        packed = skip.get("packed_1x1", lambda: block.skip.weight.detach().reshape(block.out_channels, -1)
+                          .t().to(self.dtype).contiguous())
+        # the sum depends on both convs: kept with the skip's entry, valid while conv2's entry is
+        # the one it was summed with
+        summed = skip.derived.get("bias_with_conv2")
+        if summed is None or summed[0] is not conv2:
+            summed = skip.derived["bias_with_conv2"] = (conv2, self._summed_bias(block.conv2, block.skip))
+        return dict(skip_x_weight=packed.t(), bias=summed[1])
+
+    @staticmethod
+    def _summed_bias(*convs: torch.nn.Conv2d) -> torch.Tensor | None:
+        biases = [c.bias.detach().float() for c in convs if c.bias is not None]
+        if not biases:
+            return None
+        total = biases[0].clone()
+        for b in biases[1:]:
+            total += b
+        return total
 
     def _conv1_fused(self, block: ResBlock, x: torch.Tensor, want_stats: bool, x_stats=None):
         """conv1(SiLU(GN1(x))) as one fused_conv3x3 -> (h, (mean, rstd) of h for GN2, or None).
@@ -219,7 +288,7 @@ class FastUNet:
         if x_stats is None:
             x_stats = group_stats(x, norm1.num_groups, norm1.eps)
         a, b = fold_group_norm(*x_stats, norm1.weight, norm1.bias)
-        bias = block.conv1.bias.detach() if block.conv1.bias is not None else None
+        bias = self._fp32_bias(block.conv1)
         if not want_stats:
             return fused_conv3x3(x, self._packed_weight(block.conv1), bias, prologue=(a, b)), None
         return fused_conv3x3(x, self._packed_weight(block.conv1), bias, prologue=(a, b),
@@ -234,14 +303,12 @@ class FastUNet:
         if stats is None:
             stats = group_stats(h, norm2.num_groups, norm2.eps)
         pa, pb = fold_group_norm(*stats, norm2.weight, norm2.bias, s, b)
-        bias = block.conv2.bias.detach() if block.conv2.bias is not None else None
         packed = self._packed_weight(block.conv2)
         if isinstance(block.skip, torch.nn.Identity):
-            extra = dict(residual=x)
+            bias, extra = self._fp32_bias(block.conv2), dict(residual=x)
         else:
-            skip_w, _ = self._weights[id(block.skip)]
-            skip_b = block.skip.bias.detach() if block.skip.bias is not None else None
-            extra = dict(skip_x=x, skip_weight=skip_w, skip_bias=skip_b)
+            operands = self._skip_operands(block)
+            bias, extra = operands["bias"], dict(skip_x=x, skip_weight=operands["skip_x_weight"])
         if next_norm is None:
             return fused_conv3x3(h, packed, bias, prologue=(pa, pb), **extra), None
         return fused_conv3x3(h, packed, bias, prologue=(pa, pb), stats_groups=next_norm.num_groups,
@@ -402,5 +469,5 @@ class FastUNet:
             stats = group_stats(h, norm.num_groups, norm.eps)
         a, b = fold_group_norm(*stats, norm.weight, norm.bias)
         conv = self.unet.out_conv
-        fused_conv3x3_euler(h, self._packed_weight(conv), conv.bias.detach() if conv.bias is not None else None,
-                            prologue=(a, b), x=x, y=y, dt=dt, y_scale=y_scale, next_input=z)
+        fused_conv3x3_euler(h, self._packed_weight(conv), self._fp32_bias(conv), prologue=(a, b), x=x, y=y, dt=dt,
+                            y_scale=y_scale, next_input=z)

@@ -8,8 +8,8 @@ Same algorithm, same arguments and same results (up to the activation dtype) as 
 but on a GPU each step is one fast U-Net forward (bf16, channels-last, fused norms) plus one
 fused :func:`euler_step` that updates the fp32 state x, y and writes the next bf16 network input
 in the same pass (:meth:`FastUNet.step`; with fused convs on, the output conv itself takes that
-step in its epilogue, :func:`fused_conv3x3_euler`). Optionally the whole N-step restore is captured as one CUDA graph per input
-shape, which removes the launch overhead of the ~hundreds of small kernels per step.
+step in its epilogue, :func:`fused_conv3x3_euler`). Optionally the whole N-step restore is
+captured as one CUDA graph per input shape, replayed without launching its kernels one by one.
 
 On the CPU it falls back to the reference sampler (the same results, in fp32), so it is a
 drop-in for validation inside any training loop.
@@ -49,7 +49,9 @@ class ResFlowSampler:
     """Fast ResFlow sampler over a reference :class:`UNet` (its parameters are used in place).
 
     Args:
-        model: the reference U-Net; a model in training may be passed, its current weights are used.
+        model: the reference U-Net; a model in training may be passed, its current weights are used
+            (the fast path's cast weights are kept between calls and made again for parameters
+            that changed; see :meth:`clear_weight_cache`).
         schedule: the schedule it was trained with (default: entropy-preserving).
         steps: Euler steps (4 in the paper).
         dtype: activation dtype of the fast path; None picks :func:`default_dtype`.
@@ -84,6 +86,9 @@ class ResFlowSampler:
                               else ConvDispatch(fused_conv))
         self._graphs: dict[tuple, _Graph] = {}
         self._time_tensors: dict[str, torch.Tensor] = {}
+        # one fast U-Net per activation dtype, kept across calls: its cast weights are reused
+        # while the model's parameters are unchanged and recast when they change
+        self._nets: dict[torch.dtype, FastUNet] = {}
 
     # -- public ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -115,6 +120,13 @@ class ResFlowSampler:
     def clear_graphs(self) -> None:
         self._graphs.clear()
 
+    def clear_weight_cache(self) -> None:
+        """Make the next call cast every conv weight again. In-place updates (an optimizer step,
+        ``load_state_dict``) are seen without it; writes through ``.data``, which bypass the
+        parameters' version counters, are not."""
+        for net in self._nets.values():
+            net.clear_weight_cache()
+
     # -- the fast path ---------------------------------------------------------------------------
     def _times(self, device: torch.device) -> torch.Tensor:
         """The step times t_0..t_{N-1} on ``device``, made once (never inside a graph capture)."""
@@ -125,11 +137,13 @@ class ResFlowSampler:
 
     def _restore(self, lq: torch.Tensor, eps: torch.Tensor | None, clamp: bool) -> torch.Tensor:
         dtype = self.dtype or default_dtype(lq.device)
-        net = FastUNet(self.model, dtype, fused_conv=self.conv_dispatch)
+        net = self._nets.get(dtype)
+        if net is None:
+            net = self._nets[dtype] = FastUNet(self.model, dtype, fused_conv=self.conv_dispatch)
         C = lq.shape[1]
         # The fp32 state is kept channels-last like v and the network input: the fused Euler step
-        # streams all of them with one index order (measured on an H200: 71% of copy bandwidth
-        # all-NHWC, 30% with NCHW state and NHWC network tensors).
+        # then streams all of them in one index order (a state in another layout than the
+        # network's tensors would make one side's accesses strided).
         cl = torch.channels_last
         if self.schedule.has_auxiliary:
             z, size = pad_to_multiple(torch.cat([lq, self.schedule.y_t(eps, self.grid[0])], dim=1), net.multiple)

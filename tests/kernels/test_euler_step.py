@@ -17,6 +17,7 @@ SHAPES = [
     pytest.param((1, 3, 3, 5), id="tiny-3x5-batch1"),
     pytest.param((2, 3, 37, 53), id="odd-37x53-batch2"),  # several blocks per sample, partial last block
     pytest.param((2, 5, 1, 1), id="1x1-C5"),
+    pytest.param((2, 3, 4, 8), id="aligned-4x8-batch2"),  # C*H*W % 16 == 0: the hinted (16-byte) addressing
 ]
 # (x and y, v, next_input) layouts; "sliced" is a strided view that must be copied
 LAYOUTS = [
@@ -265,6 +266,7 @@ def test_cuda_deterministic_and_no_recompile_for_new_sizes_or_dt():
         assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
         assert torch.equal(next_input, first_next)
     run(1, 1, 0.5)  # a 1x1 image is NCHW- and NHWC-dense at once and takes the NCHW variant: warm it too
+    run(37, 53, 0.5)  # C*H*W not a multiple of 16: the variant without alignment hints, the only other one
     variants = _runtime.compiled_variants(kernel)
     for h, w, dt in ((37, 53, 0.1), (255, 257, 0.25), (1, 1, 1.0), (512, 384, 1 / 3), (17, 1, 0.2)):
         run(h, w, dt)

@@ -1,4 +1,6 @@
 """fused_conv3x3: the implicit-GEMM Triton conv against its pure-torch twin (F.silu + F.conv2d).
+(The output conv with the Euler epilogue is tested in test_fused_conv3x3_euler.py; the inputs of
+both come from the ``conv_inputs`` fixture of conftest.py.)
 
 Under TRITON_INTERPRET=1 (conftest) the kernels run on CPU tensors; fp32 and tiny shapes keep the
 interpreter fast (the interpreter config tiles 32 pixels x 16 channels x 16 input channels, so a
@@ -7,22 +9,17 @@ determinism, no recompile) skip elsewhere.
 """
 import importlib
 import logging
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from resflow_fast.kernels import (
-    _runtime,
-    euler_step,
-    fused_conv3x3,
-    fused_conv3x3_euler,
-    fused_conv3x3_reference,
-    pack_conv3x3_weight,
-)
+from resflow_fast.kernels import _runtime, fused_conv3x3, fused_conv3x3_reference, pack_conv3x3_weight
+from resflow_fast.reference.unet import group_norm_statistics
 
 conv_module = importlib.import_module("resflow_fast.kernels.fused_conv3x3")
+group_stats_module = importlib.import_module("resflow_fast.kernels._group_stats")
+common = importlib.import_module("resflow_fast.kernels._conv3x3_common")
 
 # skipped where they cannot run by the hook in tests/conftest.py
 interpreter_only = pytest.mark.interpreter_only
@@ -40,53 +37,6 @@ SHAPES = [
 OPTIONS = ["plain", "no-bias", "prologue", "residual", "skip", "skip-2d-weight-no-bias", "stats"]
 
 
-def out_shape(n, c_out, h, w, stride):
-    return (n, c_out, (h - 1) // stride + 1, (w - 1) // stride + 1)
-
-
-def activation(shape, dtype=torch.float32, device="cpu", layout="channels_last"):
-    """Values exactly representable in ``dtype`` (so kernel and fp32 twin see the same input)."""
-    if layout == "sliced":  # neither NCHW- nor NHWC-dense
-        n, c, h, w = shape
-        return torch.randn(n, c + 1, h, w + 2, device=device)[:, 1:, :, 1:-1].to(dtype)
-    t = torch.randn(shape, device=device).to(dtype)
-    return t.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
-
-
-def conv_params(c_in, c_out, dtype=torch.float32, device="cpu"):
-    """Weight scaled by 1/sqrt(fan-in) (O(1) outputs) and rounded to ``dtype`` like the kernel's
-    packed copy, kept fp32 so the twin computes in fp32 from the same values."""
-    weight = (torch.randn(c_out, c_in, 3, 3, device=device) / math.sqrt(9 * c_in)).to(dtype).float()
-    return weight, torch.randn(c_out, device=device)
-
-
-def option_kwargs(option, x, c_out, stride, dtype=torch.float32):
-    """Keyword arguments that switch on one fused option (on x's device)."""
-    n, c_in, h, w = x.shape
-    device = x.device
-    oshape = out_shape(n, c_out, h, w, stride)
-    if option in ("plain", "no-bias"):
-        return {}
-    if option == "prologue":  # SiLU(A x + B) with A > 0 and B of either sign
-        return dict(prologue=(1.0 + 0.5 * torch.rand(n, c_in, device=device), torch.randn(n, c_in, device=device)))
-    if option == "residual":
-        return dict(residual=activation(oshape, dtype, device))
-    if option in ("skip", "skip-2d-weight-no-bias"):
-        c_skip = 5
-        skip_x = activation((n, c_skip) + oshape[2:], dtype, device)
-        skip_weight = (torch.randn(c_out, c_skip, 1, 1, device=device) / math.sqrt(c_skip)).to(dtype).float()
-        if option == "skip":
-            return dict(skip_x=skip_x, skip_weight=skip_weight, skip_bias=torch.randn(c_out, device=device))
-        return dict(skip_x=skip_x, skip_weight=skip_weight[:, :, 0, 0])
-    if option == "stats":
-        return dict(stats_groups=4)
-    raise AssertionError(option)
-
-
-def nan_out(shape, dtype=torch.float32, device="cpu"):
-    return torch.full(shape, float("nan"), dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
-
-
 def run_both(x, weight, bias, kwargs, stride, out=None):
     """(kernel result, twin result) with the same arguments; the kernel writes into ``out``."""
     result = fused_conv3x3(x, weight, bias, stride=stride, out=out, **kwargs)
@@ -99,7 +49,7 @@ def assert_matches(result, expected, close, stats_close=None):
         (y, (mean, rstd)), (y_ref, (mean_ref, rstd_ref)) = result, expected
         torch.testing.assert_close(y, y_ref, **close)
         # the kernel's statistics are those of its own output, as stored (equation (3))
-        mean_own, rstd_own = conv_module._group_stats_reference(y, mean.shape[1], 1e-5)
+        mean_own, rstd_own = group_norm_statistics(y, mean.shape[1], 1e-5)
         torch.testing.assert_close(mean, mean_own, **(stats_close or close))
         torch.testing.assert_close(rstd, rstd_own, **(stats_close or close))
         torch.testing.assert_close(mean, mean_ref, **close)
@@ -116,12 +66,12 @@ def assert_matches(result, expected, close, stats_close=None):
 @interpreter_only
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_plain_conv_matches_twin_into_nan_filled_out(shape, stride, op_tol):
+def test_plain_conv_matches_twin_into_nan_filled_out(shape, stride, op_tol, conv_inputs):
     torch.manual_seed(0)
     n, c_in, c_out, h, w = shape
-    x = activation((n, c_in, h, w))
-    weight, bias = conv_params(c_in, c_out)
-    out = nan_out(out_shape(n, c_out, h, w, stride))
+    x = conv_inputs.activation((n, c_in, h, w))
+    weight, bias = conv_inputs.conv_params(c_in, c_out)
+    out = conv_inputs.nan_out(conv_inputs.out_shape(n, c_out, h, w, stride))
     before = _runtime.launch_counts["fused_conv3x3"]
     result, expected = run_both(x, weight, bias, {}, stride, out=out)
     assert result is out
@@ -134,13 +84,13 @@ def test_plain_conv_matches_twin_into_nan_filled_out(shape, stride, op_tol):
 @interpreter_only
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("option", OPTIONS)
-def test_each_option_alone(option, stride, op_tol):
+def test_each_option_alone(option, stride, op_tol, conv_inputs):
     torch.manual_seed(1)
-    x = activation((2, 3, 7, 9))
-    weight, bias = conv_params(3, 16)
-    kwargs = option_kwargs(option, x, 16, stride)
+    x = conv_inputs.activation((2, 3, 7, 9))
+    weight, bias = conv_inputs.conv_params(3, 16)
+    kwargs = conv_inputs.option_kwargs(option, x, 16, stride)
     bias = None if option in ("no-bias", "skip-2d-weight-no-bias") else bias
-    out = nan_out(out_shape(2, 16, 7, 9, stride))
+    out = conv_inputs.nan_out(conv_inputs.out_shape(2, 16, 7, 9, stride))
     result, expected = run_both(x, weight, bias, kwargs, stride, out=out)
     assert (result[0] if isinstance(result, tuple) else result) is out
     assert_matches(result, expected, op_tol(OP, torch.float32))
@@ -152,19 +102,19 @@ def test_each_option_alone(option, stride, op_tol):
     pytest.param((1, 16, 32, 8, 8), 2, 32, id="stride2-one-channel-groups"),
     pytest.param((2, 3, 16, 3, 5), 1, 4, id="one-pixel-tile"),
 ])
-def test_all_options_together(shape, stride, groups, op_tol):
+def test_all_options_together(shape, stride, groups, op_tol, conv_inputs):
     """Prologue, bias, residual, 1x1 skip and statistics in one launch, over several pixel and
     channel tiles (C_out = 32 is two channel tiles of the interpreter config)."""
     torch.manual_seed(2)
     n, c_in, c_out, h, w = shape
-    x = activation((n, c_in, h, w))
-    weight, bias = conv_params(c_in, c_out)
+    x = conv_inputs.activation((n, c_in, h, w))
+    weight, bias = conv_inputs.conv_params(c_in, c_out)
     kwargs = {}
     for option in ("prologue", "residual", "skip"):
-        kwargs.update(option_kwargs(option, x, c_out, stride))
+        kwargs.update(conv_inputs.option_kwargs(option, x, c_out, stride))
     kwargs["stats_groups"] = groups
     before = _runtime.launch_counts["conv3x3_group_stats"]
-    result, expected = run_both(x, weight, bias, kwargs, stride, out=nan_out(out_shape(n, c_out, h, w, stride)))
+    result, expected = run_both(x, weight, bias, kwargs, stride, out=conv_inputs.nan_out(conv_inputs.out_shape(n, c_out, h, w, stride)))
     assert _runtime.launch_counts["conv3x3_group_stats"] == before + 1
     assert_matches(result, expected, op_tol(OP, torch.float32))
 
@@ -185,15 +135,15 @@ def test_padding_is_zero_after_the_activation():
 
 @interpreter_only
 @pytest.mark.parametrize("layout", ["contiguous", "sliced"])
-def test_other_layouts_are_converted_to_channels_last(layout, op_tol):
+def test_other_layouts_are_converted_to_channels_last(layout, op_tol, conv_inputs):
     """NCHW and strided inputs (x, residual, skip_x) are copied to channels-last; the output is
     channels-last whatever the input layout."""
     torch.manual_seed(3)
-    x = activation((1, 8, 5, 6), layout=layout)
+    x = conv_inputs.activation((1, 8, 5, 6), layout=layout)
     assert not x.is_contiguous(memory_format=torch.channels_last)
-    weight, bias = conv_params(8, 8)
-    kwargs = dict(residual=activation((1, 8, 5, 6), layout=layout),
-                  skip_x=activation((1, 4, 5, 6), layout=layout), skip_weight=torch.randn(8, 4, 1, 1))
+    weight, bias = conv_inputs.conv_params(8, 8)
+    kwargs = dict(residual=conv_inputs.activation((1, 8, 5, 6), layout=layout),
+                  skip_x=conv_inputs.activation((1, 4, 5, 6), layout=layout), skip_weight=torch.randn(8, 4, 1, 1))
     result, expected = run_both(x, weight, bias, kwargs, 1)
     assert_matches(result, expected, op_tol(OP, torch.float32))
     torch.testing.assert_close(result, fused_conv3x3(x.contiguous(memory_format=torch.channels_last), weight, bias,
@@ -201,10 +151,10 @@ def test_other_layouts_are_converted_to_channels_last(layout, op_tol):
 
 
 @interpreter_only
-def test_prepacked_weight_gives_the_same_result(op_tol):
+def test_prepacked_weight_gives_the_same_result(op_tol, conv_inputs):
     torch.manual_seed(4)
-    x = activation((1, 8, 4, 5))
-    weight, bias = conv_params(8, 16)
+    x = conv_inputs.activation((1, 8, 4, 5))
+    weight, bias = conv_inputs.conv_params(8, 16)
     packed = pack_conv3x3_weight(weight)
     assert packed.shape == (9 * 8, 16) and packed.is_contiguous()
     assert torch.equal(conv_module.unpack_conv3x3_weight(packed), weight)
@@ -215,12 +165,12 @@ def test_prepacked_weight_gives_the_same_result(op_tol):
 
 
 @interpreter_only
-def test_statistics_survive_a_large_mean():
+def test_statistics_survive_a_large_mean(conv_inputs):
     """Outputs 1000 + O(0.01): E[y^2] - E[y]^2 in fp32 would lose the variance entirely. Tile
     partials (mean, M2) merged by Chan's formula keep it; compared with fp64 statistics of the
     same output. The floor is the fp32 output itself (half an ulp of 1000 is 3e-5, 3e-3 std)."""
     torch.manual_seed(5)
-    x = activation((1, 4, 7, 9))
+    x = conv_inputs.activation((1, 4, 7, 9))
     weight = 0.01 * torch.randn(8, 4, 3, 3) / 6.0
     y, (mean, rstd) = fused_conv3x3(x, weight, torch.full((8,), 1000.0), stats_groups=2, stats_eps=1e-12)
     var, exact_mean = torch.var_mean(y.double().reshape(1, 2, -1), dim=2, unbiased=False)
@@ -229,15 +179,15 @@ def test_statistics_survive_a_large_mean():
 
 
 @interpreter_only
-def test_statistics_drive_the_next_group_norm(op_tol):
+def test_statistics_drive_the_next_group_norm(op_tol, conv_inputs):
     """The ResBlock chain the API exists for: conv1 also yields GroupNorm statistics, which fold
     with the norm's affine and (1 + scale), shift into the prologue (A, B) of conv2; compared with
     conv2(SiLU(GroupNorm(h) * (1 + scale) + shift)) in plain torch."""
     torch.manual_seed(6)
     n, c, groups = 2, 16, 4
-    x = activation((n, 8, 5, 7))
-    w1, b1 = conv_params(8, c)
-    w2, b2 = conv_params(c, c)
+    x = conv_inputs.activation((n, 8, 5, 7))
+    w1, b1 = conv_inputs.conv_params(8, c)
+    w2, b2 = conv_inputs.conv_params(c, c)
     gamma, beta = 1.0 + 0.1 * torch.randn(c), 0.1 * torch.randn(c)
     scale, shift = 0.2 * torch.randn(n, c), 0.2 * torch.randn(n, c)
     h, (mean, rstd) = fused_conv3x3(x, w1, b1, stats_groups=groups)
@@ -253,11 +203,11 @@ def test_statistics_drive_the_next_group_norm(op_tol):
 
 
 @interpreter_only
-def test_out_may_be_the_residual_itself(op_tol):
+def test_out_may_be_the_residual_itself(op_tol, conv_inputs):
     torch.manual_seed(7)
-    x = activation((1, 8, 4, 4))
-    weight, bias = conv_params(8, 8)
-    residual = activation((1, 8, 4, 4))
+    x = conv_inputs.activation((1, 8, 4, 4))
+    weight, bias = conv_inputs.conv_params(8, 8)
+    residual = conv_inputs.activation((1, 8, 4, 4))
     expected = fused_conv3x3_reference(x, weight, bias, residual=residual)
     assert fused_conv3x3(x, weight, bias, residual=residual, out=residual) is residual
     torch.testing.assert_close(residual, expected, **op_tol(OP, torch.float32))
@@ -265,23 +215,23 @@ def test_out_may_be_the_residual_itself(op_tol):
 
 @interpreter_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_in_interpreter(dtype, op_tol):
+def test_low_precision_in_interpreter(dtype, op_tol, conv_inputs):
     torch.manual_seed(8)
-    x = activation((1, 8, 5, 7), dtype)
-    weight, bias = conv_params(8, 16, dtype)
-    kwargs = dict(option_kwargs("prologue", x, 16, 1), **option_kwargs("skip", x, 16, 1, dtype),
+    x = conv_inputs.activation((1, 8, 5, 7), dtype)
+    weight, bias = conv_inputs.conv_params(8, 16, dtype)
+    kwargs = dict(conv_inputs.option_kwargs("prologue", x, 16, 1), **conv_inputs.option_kwargs("skip", x, 16, 1, dtype),
                   stats_groups=4)
     y, (mean, rstd) = fused_conv3x3(x, weight, bias, **kwargs)
     assert y.dtype == dtype and mean.dtype == rstd.dtype == torch.float32
     kwargs["skip_x"] = kwargs["skip_x"].float()
     y_ref, _ = fused_conv3x3_reference(x.float(), weight, bias, **kwargs)
     torch.testing.assert_close(y.float(), y_ref, **op_tol(OP, dtype))
-    own_mean, own_rstd = conv_module._group_stats_reference(y, 4, 1e-5)
+    own_mean, own_rstd = group_norm_statistics(y, 4, 1e-5)
     torch.testing.assert_close(mean, own_mean, **op_tol(OP, torch.float32))
     torch.testing.assert_close(rstd, own_rstd, **op_tol(OP, torch.float32))
 
 
-def test_triton_path_runs_not_the_twin(monkeypatch, kernel_device):
+def test_triton_path_runs_not_the_twin(monkeypatch, kernel_device, conv_inputs):
     """If the kernels silently fell back, the comparisons above would test the twin with itself."""
     def twin_must_not_run(*args, **kwargs):
         raise AssertionError("the pure-torch twin ran instead of the Triton kernels")
@@ -289,33 +239,33 @@ def test_triton_path_runs_not_the_twin(monkeypatch, kernel_device):
     monkeypatch.setattr(conv_module, "_reference_fp32", twin_must_not_run)
     monkeypatch.setattr(conv_module, "_group_stats_reference", twin_must_not_run)
     before = dict(_runtime.launch_counts)
-    x = activation((1, 3, 3, 5), device=kernel_device)
-    fused_conv3x3(x, *conv_params(3, 8, device=kernel_device), stats_groups=2)
+    x = conv_inputs.activation((1, 3, 3, 5), device=kernel_device)
+    fused_conv3x3(x, *conv_inputs.conv_params(3, 8, device=kernel_device), stats_groups=2)
     for name in ("fused_conv3x3", "conv3x3_group_stats"):
         assert _runtime.launch_counts[name] == before.get(name, 0) + 1
 
 
 @pytest.mark.parametrize("variant", ["functional", "out"])
-def test_opcheck(variant, kernel_device):
-    x = activation((1, 3, 3, 4), device=kernel_device)
-    weight, bias = conv_params(3, 8, device=kernel_device)
+def test_opcheck(variant, kernel_device, conv_inputs):
+    x = conv_inputs.activation((1, 3, 3, 4), device=kernel_device)
+    weight, bias = conv_inputs.conv_params(3, 8, device=kernel_device)
     packed = pack_conv3x3_weight(weight)
-    prologue = option_kwargs("prologue", x, 8, 1)["prologue"]
+    prologue = conv_inputs.option_kwargs("prologue", x, 8, 1)["prologue"]
     if variant == "functional":
         op = torch.ops.resflow_fast.fused_conv3x3.default
         args = (x, packed, bias, 1, *prologue, None, None, None, 2, 1e-5)
     else:
         op = torch.ops.resflow_fast.fused_conv3x3_out.default
-        residual = activation((1, 8, 2, 2), device=kernel_device)
+        residual = conv_inputs.activation((1, 8, 2, 2), device=kernel_device)
         stats = [torch.empty(1, 4, device=kernel_device) for _ in range(2)]
         args = (x, packed, None, 2, None, None, residual, None, None, 4, 1e-5,
-                nan_out((1, 8, 2, 2), device=kernel_device), *stats)
+                conv_inputs.nan_out((1, 8, 2, 2), device=kernel_device), *stats)
     torch.library.opcheck(op, args)
 
 
-def test_torch_compile_traces_without_graph_break(kernel_device, op_tol):
-    x = activation((1, 3, 3, 4), device=kernel_device)
-    weight, bias = conv_params(3, 8, device=kernel_device)
+def test_torch_compile_traces_without_graph_break(kernel_device, op_tol, conv_inputs):
+    x = conv_inputs.activation((1, 3, 3, 4), device=kernel_device)
+    weight, bias = conv_inputs.conv_params(3, 8, device=kernel_device)
 
     def block(x, weight, bias):
         y, (mean, rstd) = fused_conv3x3(x, weight, bias, stats_groups=2)
@@ -329,40 +279,40 @@ def test_torch_compile_traces_without_graph_break(kernel_device, op_tol):
 # ------------------------------------------------------------------------------------------------
 # fallbacks, switches, configs and validation (no kernel needed)
 # ------------------------------------------------------------------------------------------------
-def test_disable_switch_runs_the_twin(monkeypatch, op_tol):
+def test_disable_switch_runs_the_twin(monkeypatch, op_tol, conv_inputs):
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
     torch.manual_seed(9)
-    x = activation((1, 8, 4, 5))
-    weight, bias = conv_params(8, 8)
-    kwargs = dict(option_kwargs("prologue", x, 8, 2), **option_kwargs("skip", x, 8, 2), stats_groups=2)
+    x = conv_inputs.activation((1, 8, 4, 5))
+    weight, bias = conv_inputs.conv_params(8, 8)
+    kwargs = dict(conv_inputs.option_kwargs("prologue", x, 8, 2), **conv_inputs.option_kwargs("skip", x, 8, 2), stats_groups=2)
     before = _runtime.launch_counts["fused_conv3x3"]
     result, expected = run_both(x, pack_conv3x3_weight(weight), bias, kwargs, 2)
     assert _runtime.launch_counts["fused_conv3x3"] == before
     assert_matches(result, expected, op_tol(OP, torch.float32))
 
 
-def test_cpu_without_interpreter_falls_back_and_says_so_once(monkeypatch, caplog):
+def test_cpu_without_interpreter_falls_back_and_says_so_once(monkeypatch, caplog, conv_inputs):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(_runtime, "_fallbacks_logged", set())
     before = _runtime.launch_counts["fused_conv3x3"]
     with caplog.at_level(logging.INFO, logger="resflow_fast"):
         for _ in range(3):
-            fused_conv3x3(activation((1, 3, 3, 5)), *conv_params(3, 8))
+            fused_conv3x3(conv_inputs.activation((1, 3, 3, 5)), *conv_inputs.conv_params(3, 8))
     assert _runtime.launch_counts["fused_conv3x3"] == before
     messages = [r.getMessage() for r in caplog.records if r.name == "resflow_fast"]
     assert len(messages) == 1 and "twin" in messages[0]
 
 
-def test_autograd_goes_through_the_differentiable_twin():
-    x = activation((1, 3, 3, 5)).requires_grad_()
-    weight, bias = conv_params(3, 8)
+def test_autograd_goes_through_the_differentiable_twin(conv_inputs):
+    x = conv_inputs.activation((1, 3, 3, 5)).requires_grad_()
+    weight, bias = conv_inputs.conv_params(3, 8)
     weight.requires_grad_()
     before = _runtime.launch_counts["fused_conv3x3"]
     fused_conv3x3(x, weight, bias, prologue=(torch.ones(1, 3), torch.zeros(1, 3))).square().sum().backward()
     assert _runtime.launch_counts["fused_conv3x3"] == before
     assert x.grad is not None and weight.grad is not None and torch.isfinite(x.grad).all()
     with pytest.raises(RuntimeError, match="autograd"):
-        fused_conv3x3(x, weight, bias, out=nan_out((1, 8, 3, 5)))
+        fused_conv3x3(x, weight, bias, out=conv_inputs.nan_out((1, 8, 3, 5)))
 
 
 def test_empty_batch_returns_empty_outputs():
@@ -385,6 +335,20 @@ def test_configs_are_valid_for_tl_dot_and_ignore_the_image_size():
                     assert smem <= 48 * 1024
     # the interpreter runs one config
     assert len({conv_module.pick_config(ci, co, torch.float32, False) for ci, co in ((1, 8), (512, 512))}) == 1
+    # a 256-channel layer is one channel tile in 16-bit dtypes (its input is activated once per K block)
+    for c_out, block_n in ((64, 64), (128, 128), (192, 128), (256, 256), (512, 256)):
+        assert conv_module.pick_config(128, c_out, torch.bfloat16, True).block_n == block_n
+
+
+def test_the_halo_serves_every_stride_1_conv_with_a_prologue(conv_inputs):
+    """Stride 1 with a prologue activates each input element once per K block (the halo), on 2-D
+    tiles; stride 2 or no prologue keep the per-tap loads."""
+    x = conv_inputs.activation((1, 8, 5, 7))
+    packed = pack_conv3x3_weight(conv_inputs.conv_params(8, 16)[0])
+    plan = common.plan_launch(x, packed, 1, 5, 7, has_prologue=True)
+    assert plan.halo and plan.tiled_2d and plan.halo_m >= (plan.tile_h + 2) * (plan.cfg.tile_w + 2)
+    assert not common.plan_launch(x, packed, 2, 3, 4, has_prologue=True).halo
+    assert not common.plan_launch(x, packed, 1, 5, 7, has_prologue=False).tiled_2d
 
 
 @pytest.mark.parametrize("mutate, error, match", [
@@ -452,34 +416,34 @@ def test_out_must_not_overlap_the_input():
     ((2, 64, 64, 37, 53), 1), ((1, 128, 128, 64, 64), 1), ((1, 128, 128, 64, 64), 2), ((2, 6, 64, 17, 9), 1),
     ((1, 256, 256, 16, 16), 1), ((1, 64, 128, 33, 31), 2), ((3, 96, 32, 1, 1), 1),
 ])
-def test_cuda_against_fp32_twin(shape, stride, dtype, op_tol):
+def test_cuda_against_fp32_twin(shape, stride, dtype, op_tol, conv_inputs):
     torch.manual_seed(10)
     n, c_in, c_out, h, w = shape
-    x = activation((n, c_in, h, w), dtype, "cuda")
-    weight, bias = conv_params(c_in, c_out, dtype, "cuda")
+    x = conv_inputs.activation((n, c_in, h, w), dtype, "cuda")
+    weight, bias = conv_inputs.conv_params(c_in, c_out, dtype, "cuda")
     kwargs = {}
     for option in ("prologue", "residual", "skip"):
-        kwargs.update(option_kwargs(option, x, c_out, stride, dtype))
+        kwargs.update(conv_inputs.option_kwargs(option, x, c_out, stride, dtype))
     kwargs["stats_groups"] = 32
-    out = nan_out(out_shape(n, c_out, h, w, stride), dtype, "cuda")
+    out = conv_inputs.nan_out(conv_inputs.out_shape(n, c_out, h, w, stride), dtype, "cuda")
     y, (mean, rstd) = fused_conv3x3(x, weight, bias, stride=stride, out=out, **kwargs)
     assert y is out
     fp32_kwargs = {k: (v.float() if k in ("residual", "skip_x") else v) for k, v in kwargs.items()}
     y_ref, _ = fused_conv3x3_reference(x.float(), weight, bias, stride=stride, **fp32_kwargs)
     torch.testing.assert_close(y.float(), y_ref, **op_tol(OP, dtype))
-    own_mean, own_rstd = conv_module._group_stats_reference(y, 32, 1e-5)
+    own_mean, own_rstd = group_norm_statistics(y, 32, 1e-5)
     torch.testing.assert_close(mean, own_mean, **op_tol(OP, torch.float32))
     torch.testing.assert_close(rstd, own_rstd, **op_tol(OP, torch.float32))
 
 
 @cuda_only
 @pytest.mark.parametrize("stride", [1, 2])
-def test_cuda_deterministic_over_repeated_runs(stride):
+def test_cuda_deterministic_over_repeated_runs(stride, conv_inputs):
     torch.manual_seed(11)
-    x = activation((1, 128, 96, 80), torch.bfloat16, "cuda")
-    weight, bias = conv_params(128, 128, torch.bfloat16, "cuda")
+    x = conv_inputs.activation((1, 128, 96, 80), torch.bfloat16, "cuda")
+    weight, bias = conv_inputs.conv_params(128, 128, torch.bfloat16, "cuda")
     packed = pack_conv3x3_weight(weight, torch.bfloat16)
-    kwargs = dict(option_kwargs("prologue", x, 128, stride), stats_groups=32)
+    kwargs = dict(conv_inputs.option_kwargs("prologue", x, 128, stride), stats_groups=32)
     first, (mean, rstd) = fused_conv3x3(x, packed, bias, stride=stride, **kwargs)
     for _ in range(5):
         y, (m, r) = fused_conv3x3(x, packed, bias, stride=stride, **kwargs)
@@ -488,202 +452,23 @@ def test_cuda_deterministic_over_repeated_runs(stride):
 
 @cuda_only
 @pytest.mark.parametrize("tma", [False, True], ids=["pointer", "tma"])
-def test_cuda_new_image_size_never_recompiles(tma, monkeypatch):
+def test_cuda_new_image_size_never_recompiles(tma, monkeypatch, conv_inputs):
     if tma:
         monkeypatch.setenv(conv_module.ENV_TMA, "1")
-    kernels = (conv_module._fused_conv3x3_kernel, conv_module._group_stats_combine_kernel)
-    weight, bias = conv_params(64, 64, torch.bfloat16, "cuda")
+    kernels = (conv_module._fused_conv3x3_kernel, group_stats_module._group_stats_combine_kernel)
+    weight, bias = conv_inputs.conv_params(64, 64, torch.bfloat16, "cuda")
     packed = pack_conv3x3_weight(weight, torch.bfloat16)
-    out_weight, out_bias = conv_params(64, 6, torch.bfloat16, "cuda")
 
     def run(h, w):
-        x = activation((1, 64, h, w), torch.bfloat16, "cuda")
-        fused_conv3x3(x, packed, bias, residual=activation((1, 64, h, w), torch.bfloat16, "cuda"), stats_groups=32)
-        state_x, state_y, next_input = euler_state(1, 3, h, w, device="cuda", next_dtype=torch.bfloat16)
-        fused_conv3x3_euler(x, out_weight, out_bias, x=state_x, y=state_y, dt=0.25, next_input=next_input)
+        x = conv_inputs.activation((1, 64, h, w), torch.bfloat16, "cuda")
+        residual = conv_inputs.activation((1, 64, h, w), torch.bfloat16, "cuda")
+        fused_conv3x3(x, packed, bias, residual=residual, stats_groups=32)
 
     run(64, 64)
     variants = [_runtime.compiled_variants(k) for k in kernels]
     for h, w in ((37, 53), (128, 96), (17, 1), (255, 257), (1, 1), (512, 512), (64, 64)):
         run(h, w)
     assert [_runtime.compiled_variants(k) for k in kernels] == variants
-
-
-# ------------------------------------------------------------------------------------------------
-# fused_conv3x3_euler: the output conv with the Euler step in its epilogue, equation (4)
-# ------------------------------------------------------------------------------------------------
-def euler_state(n, c, h, w, with_y=True, device="cpu", next_dtype=torch.float32):
-    """A channels-last fp32 state (x, y or None) and a NaN-filled next_input (catches unwritten
-    elements)."""
-    cl = torch.channels_last
-    x = torch.randn(n, c, h, w, device=device).contiguous(memory_format=cl)
-    y = torch.randn(n, c, h, w, device=device).contiguous(memory_format=cl) if with_y else None
-    c_out = 2 * c if with_y else c
-    return x, y, nan_out((n, c_out, h, w), next_dtype, device)
-
-
-def euler_oracle(hidden, weight, bias, prologue, x, y, dt, y_scale):
-    """The unfused composition: the conv twin in fp32, then the Euler step's twin."""
-    v = conv_module._reference_fp32(hidden.float(), weight, bias, 1, *(prologue or (None, None)),
-                                    None, None, None, None)
-    x_new, y_new = conv_module.euler_step_reference(x.clone(), None if y is None else y.clone(), v, dt,
-                                                    y_scale=y_scale)
-    return x_new, y_new
-
-
-EULER_CASES = [  # (N, C_in, C, H, W, with y, exact y, with prologue)
-    pytest.param((1, 8, 3, 5, 7, True, False, True), id="rgb-joint-y-odd"),
-    pytest.param((1, 16, 12, 5, 7, True, False, True), id="x-y-split-across-channel-tiles"),  # C_out 24 > 16
-    pytest.param((1, 16, 12, 4, 6, True, True, False), id="exact-y-across-channel-tiles"),
-    pytest.param((2, 3, 3, 6, 6, True, True, False), id="exact-y-batch2"),
-    pytest.param((1, 16, 3, 7, 9, False, False, True), id="x-only-two-tiles"),
-    pytest.param((1, 4, 1, 1, 1, True, False, True), id="1x1-gray"),
-]
-
-
-@interpreter_only
-@pytest.mark.parametrize("tma", [False, True], ids=["pointer", "tma"])
-@pytest.mark.parametrize("case", EULER_CASES)
-def test_euler_epilogue_matches_conv_then_euler_step(case, tma, op_tol, monkeypatch):
-    n, c_in, c, h, w, with_y, exact, with_prologue = case
-    if tma:
-        monkeypatch.setenv(conv_module.ENV_TMA, "1")
-    torch.manual_seed(20)
-    hidden = activation((n, c_in, h, w))
-    c_out = 2 * c if with_y else c
-    weight, bias = conv_params(c_in, c_out)
-    prologue = option_kwargs("prologue", hidden, c_out, 1)["prologue"] if with_prologue else None
-    x, y, next_input = euler_state(n, c, h, w, with_y)
-    y_scale = 0.8125 if exact else None
-    want_x, want_y = euler_oracle(hidden, weight, bias, prologue, x, y, 0.25, y_scale)
-    x_ptr = x.data_ptr()
-    packed = pack_conv3x3_weight(weight)
-    uses_tma = tma and conv_module.tma_eligible(hidden, packed, 1)
-    if tma and c_out * 4 % 16 == 0 and c_in * 4 % 16 == 0:
-        assert uses_tma  # the cases with 16-byte rows do run the TMA variant
-    before = dict(_runtime.launch_counts)
-    got_x, got_y = fused_conv3x3_euler(hidden, packed, bias, prologue=prologue, x=x, y=y,
-                                       dt=0.25, y_scale=y_scale, next_input=next_input)
-    assert _runtime.launch_counts["fused_conv3x3_euler"] == before.get("fused_conv3x3_euler", 0) + 1
-    assert _runtime.launch_counts["fused_conv3x3_tma"] == before.get("fused_conv3x3_tma", 0) + int(uses_tma)
-    assert got_x is x and x.data_ptr() == x_ptr and got_y is y  # in place
-    close = op_tol(OP, torch.float32)
-    torch.testing.assert_close(x, want_x, **close)
-    if with_y:
-        torch.testing.assert_close(y, want_y, **close)
-    # every element of the next input is written: [x; y] as they now are
-    torch.testing.assert_close(next_input, x if y is None else torch.cat([x, y], dim=1), atol=0, rtol=0)
-
-
-@interpreter_only
-def test_euler_epilogue_equals_the_unfused_kernels(op_tol):
-    """The fused kernel against the two kernels it replaces: fused_conv3x3 (fp32 out) then euler_step."""
-    torch.manual_seed(21)
-    hidden = activation((2, 8, 6, 5))
-    weight, bias = conv_params(8, 6)
-    prologue = option_kwargs("prologue", hidden, 6, 1)["prologue"]
-    x, y, next_input = euler_state(2, 3, 6, 5)
-    x2, y2, next2 = x.clone(memory_format=torch.channels_last), y.clone(memory_format=torch.channels_last), next_input.clone()
-    v = fused_conv3x3(hidden, weight, bias, prologue=prologue)
-    euler_step(x2, y2, v, 0.5, inplace=True, next_input=next2)
-    fused_conv3x3_euler(hidden, weight, bias, prologue=prologue, x=x, y=y, dt=0.5, next_input=next_input)
-    for got, want in ((x, x2), (y, y2), (next_input, next2)):
-        torch.testing.assert_close(got, want, **op_tol(OP, torch.float32))
-
-
-@pytest.mark.parametrize("with_y", [True, False])
-def test_euler_twin_matches_the_reference_sampler_step(with_y, monkeypatch):
-    """The twin (RESFLOW_DISABLE_TRITON) is the reference sampler's z <- z - dt * v."""
-    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
-    torch.manual_seed(22)
-    hidden = activation((1, 4, 5, 6))
-    c_out = 6 if with_y else 3
-    weight, bias = conv_params(4, c_out)
-    x, y, next_input = euler_state(1, 3, 5, 6, with_y)
-    z = x.clone() if y is None else torch.cat([x, y], dim=1)
-    v = F.conv2d(hidden, weight, bias, padding=1)
-    fused_conv3x3_euler(hidden, weight, bias, x=x, y=y, dt=0.25, next_input=next_input)
-    z_new = z - 0.25 * v
-    torch.testing.assert_close(next_input, z_new, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(x, z_new[:, :3], atol=1e-6, rtol=1e-6)
-
-
-def test_euler_opcheck(kernel_device):
-    hidden = activation((1, 4, 3, 4), device=kernel_device)
-    weight, bias = conv_params(4, 6, device=kernel_device)
-    prologue = option_kwargs("prologue", hidden, 6, 1)["prologue"]
-    x, y, next_input = euler_state(1, 3, 3, 4, device=kernel_device)
-    torch.library.opcheck(torch.ops.resflow_fast.fused_conv3x3_euler.default,
-                          (hidden, pack_conv3x3_weight(weight), bias, *prologue, x, y, next_input, 0.25, None))
-
-
-def _euler_args():
-    hidden = activation((1, 4, 3, 4))
-    weight, bias = conv_params(4, 6)
-    x, y, next_input = euler_state(1, 3, 3, 4)
-    return dict(h=hidden, weight=weight, bias=bias, x=x, y=y, dt=0.25, next_input=next_input)
-
-
-@pytest.mark.parametrize("mutate, error, match", [
-    (lambda a: a.update(weight=conv_params(4, 5)[0], bias=None), ValueError, "C_out=5"),
-    (lambda a: a.update(y=None), ValueError, "C_out=6"),
-    (lambda a: a.update(x=a["x"].contiguous()), ValueError, "x must be channels_last"),
-    (lambda a: a.update(x=a["x"].double()), TypeError, "x must have dtype"),
-    (lambda a: a.update(y=a["y"][:, :, :2]), ValueError, "y must have shape"),
-    (lambda a: a.update(next_input=a["next_input"][:, :5]), ValueError, "next_input must have shape"),
-    (lambda a: a.update(dt=float("nan")), ValueError, "dt must be a finite"),
-    (lambda a: a.update(y=None, weight=conv_params(4, 3)[0], bias=None, next_input=None, y_scale=0.5),
-     ValueError, "y_scale moves y exactly"),
-])
-def test_euler_validation_errors_name_the_argument(mutate, error, match):
-    args = _euler_args()
-    mutate(args)
-    h, weight, bias = args.pop("h"), args.pop("weight"), args.pop("bias")
-    x_before = args["x"].clone()
-    with pytest.raises(error, match=match):
-        fused_conv3x3_euler(h, weight, bias, **args)
-    assert torch.equal(args["x"], x_before)  # nothing written on a refused call
-
-
-@pytest.mark.parametrize("alias, match", [
-    ("y=x", "x must not share memory with y"),
-    ("h=next_input", "next_input must not share memory with h"),
-])
-def test_euler_written_tensors_may_not_alias(alias, match):
-    args = _euler_args()
-    if alias == "y=x":
-        args["y"] = args["x"]
-    else:  # the conv would read activations the epilogue of another program already overwrote
-        args["h"] = args["next_input"][:, :4]
-    with pytest.raises(ValueError, match=match):
-        fused_conv3x3_euler(args.pop("h"), args.pop("weight"), args.pop("bias"), **args)
-
-
-@cuda_only
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("exact", [False, True])
-def test_cuda_euler_against_fp32_twin_and_deterministic(dtype, exact, op_tol):
-    torch.manual_seed(23)
-    hidden = activation((2, 64, 37, 53), dtype, "cuda")
-    weight, bias = conv_params(64, 6, dtype, "cuda")
-    prologue = option_kwargs("prologue", hidden, 6, 1)["prologue"]
-    x0, y0, _ = euler_state(2, 3, 37, 53, device="cuda")
-    y_scale = 0.75 if exact else None
-    want_x, want_y = euler_oracle(hidden, weight, bias, prologue, x0, y0, 0.25, y_scale)
-    results = []
-    for _ in range(3):
-        x, y = x0.clone(memory_format=torch.channels_last), y0.clone(memory_format=torch.channels_last)
-        next_input = nan_out((2, 6, 37, 53), dtype, "cuda")
-        fused_conv3x3_euler(hidden, weight, bias, prologue=prologue, x=x, y=y, dt=0.25, y_scale=y_scale,
-                            next_input=next_input)
-        results.append((x, y, next_input))
-    # dt * v: the conv's tolerance scaled by dt
-    close = {k: v * 0.25 for k, v in op_tol(OP, dtype).items()}
-    torch.testing.assert_close(results[0][0], want_x, **close)
-    torch.testing.assert_close(results[0][1], want_y, **close)
-    torch.testing.assert_close(results[0][2], torch.cat(results[0][:2], dim=1).to(dtype), atol=0, rtol=0)
-    for x, y, nxt in results[1:]:
-        assert torch.equal(x, results[0][0]) and torch.equal(y, results[0][1]) and torch.equal(nxt, results[0][2])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -701,30 +486,30 @@ TMA_CASES = [  # (N, C_in, C_out, H, W): the interpreter's TMA tile is 4 rows x 
 @pytest.mark.parametrize("options", [("plain",), ("prologue", "stats"), ("prologue", "residual", "stats"),
                                      ("prologue", "skip", "stats")], ids="+".join)
 @pytest.mark.parametrize("shape", TMA_CASES)
-def test_tma_variant_matches_twin(shape, options, monkeypatch, op_tol):
+def test_tma_variant_matches_twin(shape, options, monkeypatch, op_tol, conv_inputs):
     monkeypatch.setenv(conv_module.ENV_TMA, "1")
     torch.manual_seed(30)
     n, c_in, c_out, h, w = shape
-    x = activation((n, c_in, h, w))
-    weight, bias = conv_params(c_in, c_out)
+    x = conv_inputs.activation((n, c_in, h, w))
+    weight, bias = conv_inputs.conv_params(c_in, c_out)
     kwargs = {}
     for option in options:
-        kwargs.update(option_kwargs(option, x, c_out, 1))
+        kwargs.update(conv_inputs.option_kwargs(option, x, c_out, 1))
     assert conv_module.tma_eligible(x, pack_conv3x3_weight(weight), 1)
     before = _runtime.launch_counts["fused_conv3x3_tma"]
-    result, expected = run_both(x, weight, bias, kwargs, 1, out=nan_out(out_shape(n, c_out, h, w, 1)))
+    result, expected = run_both(x, weight, bias, kwargs, 1, out=conv_inputs.nan_out(conv_inputs.out_shape(n, c_out, h, w, 1)))
     assert _runtime.launch_counts["fused_conv3x3_tma"] == before + 1
     assert_matches(result, expected, op_tol(OP, torch.float32))
 
 
 @interpreter_only
-def test_tma_variant_equals_the_pointer_variant(monkeypatch, op_tol):
+def test_tma_variant_equals_the_pointer_variant(monkeypatch, op_tol, conv_inputs):
     """Same inputs, both variants: the same outputs and statistics (2-D tiles change only the
     summation order of the statistics)."""
     torch.manual_seed(31)
-    x = activation((2, 16, 9, 10))
-    weight, bias = conv_params(16, 16)
-    kwargs = dict(option_kwargs("prologue", x, 16, 1), stats_groups=4)
+    x = conv_inputs.activation((2, 16, 9, 10))
+    weight, bias = conv_inputs.conv_params(16, 16)
+    kwargs = dict(conv_inputs.option_kwargs("prologue", x, 16, 1), stats_groups=4)
     before = _runtime.launch_counts["fused_conv3x3_tma"]
     pointer = fused_conv3x3(x, weight, bias, **kwargs)
     assert _runtime.launch_counts["fused_conv3x3_tma"] == before
@@ -735,25 +520,25 @@ def test_tma_variant_equals_the_pointer_variant(monkeypatch, op_tol):
     torch.testing.assert_close(tma[1], pointer[1], **op_tol(OP, torch.float32))
 
 
-def test_tma_eligibility():
-    x = activation((1, 8, 5, 5))
-    packed = pack_conv3x3_weight(conv_params(8, 16)[0])
+def test_tma_eligibility(conv_inputs):
+    x = conv_inputs.activation((1, 8, 5, 5))
+    packed = pack_conv3x3_weight(conv_inputs.conv_params(8, 16)[0])
     assert conv_module.tma_eligible(x, packed, 1) == (conv_module.TensorDescriptor is not None)
     assert not conv_module.tma_eligible(x, packed, 2)  # a stride-2 tap is not a box
-    assert not conv_module.tma_eligible(activation((1, 3, 5, 5)), pack_conv3x3_weight(conv_params(3, 16)[0]), 1)
-    assert not conv_module.tma_eligible(x, pack_conv3x3_weight(conv_params(8, 6)[0]), 1)  # 24-byte rows
+    assert not conv_module.tma_eligible(conv_inputs.activation((1, 3, 5, 5)), pack_conv3x3_weight(conv_inputs.conv_params(3, 16)[0]), 1)
+    assert not conv_module.tma_eligible(x, pack_conv3x3_weight(conv_inputs.conv_params(8, 6)[0]), 1)  # 24-byte rows
     shifted = torch.empty(1 + 8 * 25).as_strided((1, 8, 5, 5), (200, 1, 40, 8), 1)  # base 4 bytes off
     assert not conv_module.tma_eligible(shifted, packed, 1)
 
 
 @interpreter_only
-def test_tma_is_off_by_default_and_skips_ineligible_convs(monkeypatch):
+def test_tma_is_off_by_default_and_skips_ineligible_convs(monkeypatch, conv_inputs):
     monkeypatch.delenv(conv_module.ENV_TMA, raising=False)
     before = _runtime.launch_counts["fused_conv3x3_tma"]
-    fused_conv3x3(activation((1, 8, 4, 8)), *conv_params(8, 16))
+    fused_conv3x3(conv_inputs.activation((1, 8, 4, 8)), *conv_inputs.conv_params(8, 16))
     assert _runtime.launch_counts["fused_conv3x3_tma"] == before
     monkeypatch.setenv(conv_module.ENV_TMA, "1")
-    fused_conv3x3(activation((1, 8, 4, 8)), *conv_params(8, 16), stride=2)  # ineligible: pointer path
+    fused_conv3x3(conv_inputs.activation((1, 8, 4, 8)), *conv_inputs.conv_params(8, 16), stride=2)  # ineligible: pointer path
     assert _runtime.launch_counts["fused_conv3x3_tma"] == before
 
 
@@ -766,21 +551,21 @@ def test_tma_is_off_by_default_and_skips_ineligible_convs(monkeypatch):
     # tails in the K steps (32) and the channel tiles (128)
     ((1, 40, 96, 37, 53), False), ((2, 64, 32, 7, 5), False),
 ], ids=str)
-def test_cuda_tma_variant_against_fp32_twin_and_pointer_variant(shape, prologue, dtype, monkeypatch, op_tol):
+def test_cuda_tma_variant_against_fp32_twin_and_pointer_variant(shape, prologue, dtype, monkeypatch, op_tol, conv_inputs):
     """Where the GPU has TMA (Hopper+): parity with the fp32 twin, equality with the pointer
     variant within the dtype's tolerance, and bitwise repeatability."""
     torch.manual_seed(32)
     n, c_in, c_out, h, w = shape
-    x = activation((n, c_in, h, w), dtype, "cuda")
-    weight, bias = conv_params(c_in, c_out, dtype, "cuda")
+    x = conv_inputs.activation((n, c_in, h, w), dtype, "cuda")
+    weight, bias = conv_inputs.conv_params(c_in, c_out, dtype, "cuda")
     packed = pack_conv3x3_weight(weight, dtype)
     if torch.cuda.get_device_capability()[0] < 9:
         assert not conv_module.tma_eligible(x, packed, 1)
         pytest.skip("TMA needs a Hopper or newer GPU")
     assert conv_module.tma_eligible(x, packed, 1)
-    kwargs = dict(option_kwargs("residual", x, c_out, 1, dtype), stats_groups=32 if c_out % 32 == 0 else 8)
+    kwargs = dict(conv_inputs.option_kwargs("residual", x, c_out, 1, dtype), stats_groups=32 if c_out % 32 == 0 else 8)
     if prologue:
-        kwargs.update(option_kwargs("prologue", x, c_out, 1))
+        kwargs.update(conv_inputs.option_kwargs("prologue", x, c_out, 1))
     pointer, (pointer_mean, _) = fused_conv3x3(x, packed, bias, **kwargs)
     monkeypatch.setenv(conv_module.ENV_TMA, "1")
     before = _runtime.launch_counts["fused_conv3x3_tma"]

@@ -104,12 +104,12 @@ def test_affine_none_is_plain_group_norm(tol):
 @interpreter_only
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_many_tiles_per_chunk_and_many_chunks(layout, monkeypatch, tol):
-    """Tiny blocks make pass 1 loop over several tiles per chunk (Chan merge in registers) and
-    pass 2 combine chunks of unequal size (the last one short)."""
-    cfg = gn_module.GroupNormConfig(block_p=4, block_c=2, stats_programs=4)
-    monkeypatch.setattr(gn_module, "pick_config", lambda num_channels, channels_last: cfg)
+    """Tiny blocks make the statistics pass loop over several steps of several tiles per chunk,
+    and merge chunks of unequal size (the last one short) over several channel blocks."""
+    cfg = gn_module.GroupNormConfig(block_p=4, block_c=2, stats_programs=4, tiles_in_flight=2)
+    monkeypatch.setattr(gn_module, "pick_config", lambda num_channels, channels_last, on_gpu=True: cfg)
     split = gn_module.stats_split(1, 6, 9 * 11, cfg)
-    assert split.tiles_per_chunk > 1 and split.num_chunks > 1
+    assert split.tiles_per_chunk > cfg.tiles_in_flight and split.num_chunks > 1 and split.num_c_blocks > 1
     assert (9 * 11) % cfg.block_p != 0  # partial last tile
     torch.manual_seed(3)
     x = make_input((1, 6, 9, 11), layout)
@@ -127,7 +127,7 @@ def test_statistics_survive_a_large_mean(small_blocks, monkeypatch):
     fp32 mean itself: half an ulp of 1000 is 3e-3 std."""
     if small_blocks:
         cfg = gn_module.GroupNormConfig(block_p=8, block_c=2, stats_programs=6)
-        monkeypatch.setattr(gn_module, "pick_config", lambda num_channels, channels_last: cfg)
+        monkeypatch.setattr(gn_module, "pick_config", lambda num_channels, channels_last, on_gpu=True: cfg)
     torch.manual_seed(4)
     x = 1000.0 + 0.01 * torch.randn(1, 4, 16, 16)
     y = group_norm_modulate_silu(x, 2, None, None, apply_silu=False)
@@ -155,7 +155,7 @@ def test_triton_path_runs_not_the_twin(monkeypatch, kernel_device):
     before = dict(_runtime.launch_counts)
     group_norm_modulate_silu(make_input((1, 4, 3, 5), "contiguous", device=kernel_device), 2,
                              *make_params(1, 4, device=kernel_device))
-    for name in ("gn_partial_stats", "gn_combine_fold", "gn_apply"):
+    for name in ("gn_stats", "gn_apply"):  # two launches: statistics (merged in its last programs), apply
         assert _runtime.launch_counts[name] == before.get(name, 0) + 1
 
 
@@ -243,7 +243,7 @@ def test_autograd_goes_through_the_differentiable_twin():
 
 
 def test_batch_one_still_launches_many_statistics_programs():
-    """1x128x512^2 NHWC (the acceptance shape) must spread over a 132-SM GPU, several programs each."""
+    """1x128x512^2 NHWC (a benchmark shape) must spread over a 132-SM GPU, several programs each."""
     cfg = gn_module.pick_config(128, channels_last=True)
     split = gn_module.stats_split(1, 128, 512 * 512, cfg)
     assert split.programs_per_sample >= 2 * 132
@@ -310,7 +310,7 @@ def test_cuda_deterministic_over_repeated_runs():
 @cuda_only
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_cuda_new_image_size_never_recompiles(layout):
-    kernels = (gn_module._gn_partial_stats_kernel, gn_module._gn_combine_fold_kernel, gn_module._gn_apply_kernel)
+    kernels = (gn_module._gn_stats_kernel, gn_module._gn_apply_kernel)
     params = make_params(1, 64, device="cuda")
 
     def run(h, w, eps=1e-5):

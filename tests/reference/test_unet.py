@@ -123,3 +123,30 @@ def test_attention_preset_at_odd_size():
     with torch.no_grad():
         out = model(torch.randn(2, 6, 37, 53), torch.rand(2))
     assert out.shape == (2, 6, 37, 53) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_modulated_group_norm_is_the_formula_and_its_affine_form(modulated):
+    """SiLU(GN(x) * (1 + s) + b) written out by hand, and the per-channel affine form the fused
+    kernels use: A * (x - group mean) + B from group_norm_statistics and group_norm_coefficients."""
+    from resflow_fast.reference.unet import group_norm_coefficients, group_norm_statistics, modulated_group_norm
+
+    torch.manual_seed(0)
+    n, c, groups = 2, 12, 3
+    x = torch.randn(n, c, 5, 7) * 2.0 + 0.5
+    weight, bias = torch.randn(c), torch.randn(c)
+    scale, shift = (0.3 * torch.randn(n, c), torch.randn(n, c)) if modulated else (None, None)
+    got = modulated_group_norm(x, groups, weight, bias, 1e-5, scale, shift, silu=True)
+    grouped = x.reshape(n, groups, -1)
+    mean, var = grouped.mean(dim=2, keepdim=True), grouped.var(dim=2, unbiased=False, keepdim=True)
+    normed = ((grouped - mean) / torch.sqrt(var + 1e-5)).reshape_as(x) * weight[:, None, None] + bias[:, None, None]
+    if modulated:
+        normed = normed * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    want = normed * torch.sigmoid(normed)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+    group_mean, rstd = group_norm_statistics(x, groups, 1e-5)
+    a, b = group_norm_coefficients(rstd, weight, bias, scale, shift)
+    center = group_mean.repeat_interleave(c // groups, dim=1)[:, :, None, None]
+    affine = a[:, :, None, None] * (x - center) + b[:, :, None, None]
+    torch.testing.assert_close(torch.nn.functional.silu(affine), got, atol=1e-5, rtol=1e-5)

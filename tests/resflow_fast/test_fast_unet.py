@@ -421,3 +421,43 @@ def test_fused_conv_bf16_parity_and_determinism_on_cuda(tmp_path, monkeypatch, n
     measured = dispatch.measurements
     padded_forward(model, z, 0.5, dispatch, torch.bfloat16)
     assert dispatch.measurements == measured
+
+
+def test_weights_are_cast_once_and_again_only_where_they_change(monkeypatch, no_policy_env):
+    """FastUNet keeps each conv's cast and packed weights and fp32 biases across calls while its
+    parameters are unchanged, and makes them again for a conv whose parameters were updated in
+    place (as an optimizer step does) or replaced: the output always follows the live weights."""
+    monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
+    model = small_attention_unet()
+    block = next(m for m in model.modules() if isinstance(m, ResBlock) and not isinstance(m.skip, torch.nn.Identity))
+    net = FastUNet(model, torch.float32, fused_conv="on")
+    z = torch.randn(1, 6, 8, 8).contiguous(memory_format=torch.channels_last)
+    times = torch.tensor([0.7])
+
+    def run(net):
+        return net(z, net.prepare(times, 1)[0])
+
+    def fresh():
+        return run(FastUNet(model, torch.float32, fused_conv="on"))
+
+    first = run(net)
+    entries = dict(net._weights)
+    derived = {k: dict(v.derived) for k, v in entries.items()}
+    assert derived[id(block.conv2)] and derived[id(block.skip)]  # packed weights, fp32 and summed biases
+    assert torch.equal(run(net), first)
+    assert all(net._weights[k] is entry and entry.derived == derived[k] for k, entry in entries.items())
+
+    with torch.no_grad():
+        block.conv1.weight.add_(0.05)  # in place: the version counter moves
+    changed = run(net)
+    recast = [k for k, entry in entries.items() if net._weights[k] is not entry]
+    assert recast == [id(block.conv1)]
+    assert not torch.allclose(changed, first)
+    torch.testing.assert_close(changed, fresh(), atol=0, rtol=0)
+
+    with torch.no_grad():
+        block.skip.bias.add_(0.5)  # conv2's epilogue adds conv2's and the skip's bias, summed once
+    torch.testing.assert_close(run(net), fresh(), atol=0, rtol=0)
+
+    block.conv2.weight.data = block.conv2.weight.data * 2  # replaced storage, same Parameter
+    torch.testing.assert_close(run(net), fresh(), atol=0, rtol=0)

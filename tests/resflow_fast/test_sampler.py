@@ -69,6 +69,23 @@ def test_uses_the_current_weights_of_a_model_in_training(twins):
     torch.testing.assert_close(after, euler_sample(model, lq, steps=2), atol=2e-5, rtol=1e-5)
 
 
+def test_one_fast_unet_is_kept_and_follows_in_place_updates(twins):
+    """Calls reuse one FastUNet (its cast weights) per dtype; an in-place update of one parameter
+    between two calls is still seen, with the fused convs' packed weights too."""
+    model = random_unet()
+    sampler = ResFlowSampler(model, steps=2, dtype=torch.float32, fast=True, fused_conv="on")
+    lq = torch.rand(1, 3, 8, 8) * 2 - 1
+    before = sampler(lq)
+    (net,) = sampler._nets.values()
+    conv = model.down[0].res.conv2
+    with torch.no_grad():
+        conv.weight.mul_(2.0)  # one tensor of an optimizer step
+    after = sampler(lq)
+    assert list(sampler._nets.values()) == [net]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, euler_sample(model, lq, steps=2), atol=2e-5, rtol=1e-5)
+
+
 def test_bad_input():
     model = random_unet()
     sampler = ResFlowSampler(model, fast=True)
