@@ -13,17 +13,16 @@ the model card so a reader can tell which list a model was trained on.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .package_files import PackageFileError, checked_copy, debian_package_root, sha256_of, wheel_root
+
 __all__ = ["PHOTOS", "Photo", "TrainingPhotoError", "gather", "list_sha256"]
 
 
-class TrainingPhotoError(RuntimeError):
+class TrainingPhotoError(PackageFileError):
     """A training photograph could not be fetched, or its bytes differ from the list's."""
 
 
@@ -98,23 +97,6 @@ def list_sha256(photos: tuple[Photo, ...] = PHOTOS) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _run(command: list[str], cwd: Path) -> None:
-    try:
-        subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True)
-    except FileNotFoundError as error:
-        raise TrainingPhotoError(f"{command[0]} is not installed; it is needed to fetch {command[-1]}") from error
-    except subprocess.CalledProcessError as error:
-        raise TrainingPhotoError(f"{' '.join(command)} failed: {error.stderr.strip() or error.stdout.strip()}") from error
-
-
 def _fetch_sources(photos: tuple[Photo, ...], work: Path) -> dict[tuple[str, str], Path]:
     """Unpack each package the list needs once; returns the root each photo's ``path`` is relative to."""
     roots: dict[tuple[str, str], Path] = {}
@@ -123,23 +105,13 @@ def _fetch_sources(photos: tuple[Photo, ...], work: Path) -> dict[tuple[str, str
         if key in roots:
             continue
         if photo.source == "debian":
-            folder = work / photo.package
-            folder.mkdir()
-            _run(["apt-get", "download", f"{photo.package}={photo.version}"], folder)
-            (deb,) = folder.glob("*.deb")
-            _run(["dpkg-deb", "-x", deb.name, "root"], folder)
-            roots[key] = folder / "root"
+            roots[key] = debian_package_root(photo.package, photo.version, work)
         elif photo.source == "skimage":
             import skimage  # the test extra installs it
 
             roots[key] = Path(skimage.__file__).parent / "data"
         elif photo.source == "sklearn-wheel":  # unzipped, never imported: its version need not be installed
-            folder = work / "wheel"
-            _run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", ".", f"{photo.package}=={photo.version}"],
-                 work)
-            (wheel,) = work.glob("scikit_learn-*.whl")
-            shutil.unpack_archive(wheel, folder, format="zip")
-            roots[key] = folder
+            roots[key] = wheel_root(f"{photo.package}=={photo.version}", work)
         else:
             raise TrainingPhotoError(f"{photo.name}: unknown source {photo.source!r}")
     return roots
@@ -153,19 +125,14 @@ def gather(out_dir: str | Path, photos: tuple[Photo, ...] = PHOTOS) -> list[Path
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    missing = [p for p in photos if not (out / p.name).is_file() or _sha256_of(out / p.name) != p.sha256]
+    missing = [p for p in photos if not (out / p.name).is_file() or sha256_of(out / p.name) != p.sha256]
     if missing:
         with tempfile.TemporaryDirectory(prefix="resflow-photos-") as tmp:
-            roots = _fetch_sources(tuple(missing), Path(tmp))
-            for photo in missing:
-                source = roots[(photo.source, photo.package)] / photo.path
-                if not source.is_file():
-                    raise TrainingPhotoError(f"{photo.package} {photo.version} has no {photo.path}")
-                found = _sha256_of(source)
-                if found != photo.sha256:
-                    raise TrainingPhotoError(f"{photo.name}: {photo.package} {photo.version} {photo.path} has SHA-256 "
-                                             f"{found}, the list expects {photo.sha256}")
-                partial = out / (photo.name + ".partial")
-                shutil.copyfile(source, partial)
-                partial.replace(out / photo.name)
+            try:
+                roots = _fetch_sources(tuple(missing), Path(tmp))
+                for photo in missing:
+                    checked_copy(roots[(photo.source, photo.package)] / photo.path, out / photo.name, photo.sha256,
+                                 f"{photo.name} ({photo.package} {photo.version})")
+            except PackageFileError as error:
+                raise TrainingPhotoError(str(error)) from error
     return [out / p.name for p in photos]
