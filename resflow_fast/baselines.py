@@ -5,8 +5,9 @@ None of them is a runtime dependency: they come with the optional ``eval`` extra
 (``pip install -e ".[eval]"``), and a missing package leaves its row out with a note instead of
 failing the evaluation (the ``bm3d`` package's licence is non-commercial, one more reason it is
 never required). The denoisers are *non-blind*: they are given the true noise sigma, which ResFlow
-is not. The dehazer is blind, as ResFlow is. Inputs and outputs are 8-bit RGB arrays (H, W, 3), as
-an image file would hold them. Every tuned parameter was chosen on crops of *training*
+is not. The dehazer is blind, as ResFlow is. Inputs and outputs are 8-bit arrays as an image file
+would hold them: RGB (H, W, 3), or, for the denoisers, grey (H, W), which each denoiser treats with
+its own greyscale variant (a grey photograph's noise is one plane, not three independent ones). Every tuned parameter was chosen on crops of *training*
 photographs, never on the evaluation's images; the functions below say how.
 """
 from __future__ import annotations
@@ -35,8 +36,14 @@ def _to_u8(image01: np.ndarray) -> np.ndarray:
 def _bm3d(noisy: np.ndarray, sigma: float) -> np.ndarray:
     import bm3d
 
+    if noisy.ndim == 2:
+        return _to_u8(bm3d.bm3d(_to01(noisy), sigma_psd=sigma / 255.0))
     # CBM3D: BM3D in the opponent colour space, the colour variant published figures use.
     return _to_u8(bm3d.bm3d_rgb(_to01(noisy), sigma_psd=sigma / 255.0))
+
+
+def _channel_axis(image: np.ndarray) -> int | None:
+    return None if image.ndim == 2 else -1
 
 
 # The three denoisers with a strength knob were tuned once on a grid of multiples of sigma, by PSNR on
@@ -48,6 +55,8 @@ def _opencv_nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     # h = hColor = 0.6 sigma (grid 0.4-1.0; 0.6 best at all three sigmas); 7x7 template and 21x21
     # search window, OpenCV's recommended sizes
     h = 0.6 * sigma
+    if noisy.ndim == 2:
+        return cv2.fastNlMeansDenoising(np.ascontiguousarray(noisy), None, h, 7, 21)
     # OpenCV's colour images are BGR: it splits luminance from colour (CIELAB) assuming that order
     bgr = cv2.cvtColor(np.ascontiguousarray(noisy), cv2.COLOR_RGB2BGR)
     return cv2.cvtColor(cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 7, 21), cv2.COLOR_BGR2RGB)
@@ -60,23 +69,24 @@ def _skimage_nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     # 15, within 0.1 dB of the best at 25, 0.5 dB below 0.4 at 50)
     s = sigma / 255.0
     return _to_u8(denoise_nl_means(_to01(noisy), h=0.6 * s, sigma=s, fast_mode=True, patch_size=5,
-                                   patch_distance=6, channel_axis=-1))
+                                   patch_distance=6, channel_axis=_channel_axis(noisy)))
 
 
 def _skimage_tv(noisy: np.ndarray, sigma: float) -> np.ndarray:
     from skimage.restoration import denoise_tv_chambolle
 
     # weight = sigma (grid 0.5-3 sigma; best at 15 and 25, 0.4 dB below 1.5 sigma at 50)
-    return _to_u8(denoise_tv_chambolle(_to01(noisy), weight=sigma / 255.0, channel_axis=-1))
+    return _to_u8(denoise_tv_chambolle(_to01(noisy), weight=sigma / 255.0, channel_axis=_channel_axis(noisy)))
 
 
 def _skimage_wavelet(noisy: np.ndarray, sigma: float) -> np.ndarray:
     from skimage.restoration import denoise_wavelet
 
-    # BayesShrink soft thresholds per subband, in YCbCr; rescale_sigma keeps sigma right after the
-    # colour transform.
+    # BayesShrink soft thresholds per subband, in YCbCr for colour; rescale_sigma keeps sigma right
+    # after the colour transform.
+    colour = noisy.ndim == 3
     return _to_u8(denoise_wavelet(_to01(noisy), sigma=sigma / 255.0, method="BayesShrink", mode="soft",
-                                  convert2ycbcr=True, rescale_sigma=True, channel_axis=-1))
+                                  convert2ycbcr=colour, rescale_sigma=True, channel_axis=_channel_axis(noisy)))
 
 
 # dark channel prior --------------------------------------------------------------------------
@@ -140,7 +150,7 @@ class Baseline:
     name: str                 # the row's label
     modules: tuple[str, ...]  # the importable modules it needs
     package: str              # the pip package(s) that provide them
-    restore: Callable[[np.ndarray, float | None], np.ndarray]  # (8-bit RGB, sigma or None) -> 8-bit RGB
+    restore: Callable[[np.ndarray, float | None], np.ndarray]  # (8-bit image, sigma or None) -> 8-bit image
     task: str = "noise"       # the evaluation rows it runs on: "noise" or "haze"
 
     def available(self) -> bool:
@@ -149,7 +159,7 @@ class Baseline:
 
 #: The classical rows of the evaluation, in table order.
 BASELINES: dict[str, Baseline] = {b.name: b for b in (
-    Baseline("BM3D (CBM3D)", ("bm3d",), "bm3d", _bm3d),
+    Baseline("BM3D", ("bm3d",), "bm3d", _bm3d),  # CBM3D on colour, BM3D on grey
     Baseline("OpenCV NL-means", ("cv2",), "opencv-python-headless", _opencv_nl_means),
     Baseline("scikit-image NL-means", ("skimage",), "scikit-image", _skimage_nl_means),
     Baseline("scikit-image TV", ("skimage",), "scikit-image", _skimage_tv),
@@ -159,14 +169,17 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in (
 
 
 def run_baseline(name: str, degraded: np.ndarray, sigma: float | None = None) -> np.ndarray:
-    """Restore 8-bit RGB ``degraded`` (H, W, 3): a denoiser is given the noise ``sigma`` (in 0..255
-    units); the dehazer is blind and takes none."""
+    """Restore 8-bit ``degraded``, RGB (H, W, 3) or, for a denoiser, grey (H, W): a denoiser is
+    given the noise ``sigma`` (in 0..255 units); the dehazer is blind and takes none."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
     baseline = BASELINES[name]
-    if not isinstance(degraded, np.ndarray) or degraded.dtype != np.uint8 or degraded.ndim != 3 \
-            or degraded.shape[2] != 3:
-        raise ValueError(f"{name}: expects an 8-bit RGB array (H, W, 3), got "
+    grey_ok = baseline.task == "noise"
+    is_rgb = isinstance(degraded, np.ndarray) and degraded.ndim == 3 and degraded.shape[2] == 3
+    is_grey = isinstance(degraded, np.ndarray) and degraded.ndim == 2
+    if not isinstance(degraded, np.ndarray) or degraded.dtype != np.uint8 or not (is_rgb or (grey_ok and is_grey)):
+        expected = "an 8-bit RGB (H, W, 3) or grey (H, W) array" if grey_ok else "an 8-bit RGB array (H, W, 3)"
+        raise ValueError(f"{name}: expects {expected}, got "
                          f"{getattr(degraded, 'dtype', type(degraded).__name__)} {getattr(degraded, 'shape', '')}")
     if baseline.task == "noise":
         if sigma is None or not 0 < sigma <= 255:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..baselines import BASELINES
 from ..reference.checkpoint import atomic_write_files
 from .degradations import DEGRADATIONS
-from .images import EvalError, heldout_images
+from .images import IMAGE_SETS, EvalError, heldout_images
 from .report import REGENERATE_COMMAND, figure_rows, goals, render_figure, render_json, render_markdown, summarise
 from .rows import ABLATION_DIR, ABLATIONS, STEPS, default_task_models, evaluate
 
@@ -34,14 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "there are replaced). Required: an installed package has no docs/ folder to write into, and a "
                         "long run should not leave files wherever it happened to be started. "
                         f"`{REGENERATE_COMMAND}` from the repository root regenerates the repository's copy")
-    p.add_argument("--images", default="kodak,skimage", help="image sets: kodak and/or skimage (default both)")
+    p.add_argument("--images", default=",".join(IMAGE_SETS),
+                   help=f"image sets, comma-separated: {', '.join(IMAGE_SETS)} (default all: 26 photographs)")
     p.add_argument("--kodak", help="a folder with the five Kodak files, or the pyiqa 0.1.16 wheel (default: fetched once "
                    "with pip download into ~/.cache/resflow_fast)")
     p.add_argument("--degradations", default=",".join(DEGRADATIONS),
                    help=f"comma-separated subset of {', '.join(DEGRADATIONS)}")
     p.add_argument("--steps", default=",".join(map(str, STEPS)), help="ResFlow step counts (default 1,2,4,8)")
     p.add_argument("--model", action="append", default=[], metavar="TASK=MODEL",
-                   help="use another model for a task (noise, jpeg, rain, haze, snow): a name or a weights path")
+                   help="use another model for a task (noise, jpeg, rain, haze, snow, clean): a name or a weights path")
     p.add_argument("--no-baselines", action="store_true", help="leave out the classical rows")
     p.add_argument("--no-ablations", action="store_true", help="leave out the ablation rows")
     p.add_argument("--limit", type=int, help="evaluate only the first N images (a quick look; not for EVAL.md)")
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace, command: str = "resflow eval") -> int:
     if figure_rows(result):
         files[out / "eval-figure.png"] = render_figure(result)
     atomic_write_files(files)
-    for goal, measured, met in goals(summarise(result)):
+    for goal, measured, met in goals(summarise(result), result.rows):
         print(f"{goal}: " + ("not run" if met is None else f"{measured} ({'met' if met else 'NOT met'})"))
     print("wrote " + ", ".join(str(p) for p in files))
     return 0

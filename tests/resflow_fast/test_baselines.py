@@ -45,21 +45,35 @@ def test_each_available_baseline_denoises(name):
     assert _psnr(out, clean) > _psnr(noisy, clean) + 3, name
 
 
+@pytest.mark.parametrize("name", DENOISERS)
+def test_each_available_denoiser_denoises_a_grey_image_as_one_plane(name):
+    if not BASELINES[name].available():
+        pytest.skip(f"{BASELINES[name].package} is not installed (the optional eval extra)")
+    clean, _ = _smooth_and_noisy(25)
+    grey = clean[..., 1]
+    noisy = np.clip(grey + np.random.default_rng(3).normal(0, 25, grey.shape), 0, 255).round().astype(np.uint8)
+    out = run_baseline(name, noisy, 25)
+    assert out.dtype == np.uint8 and out.shape == grey.shape
+    assert _psnr(out, grey) > _psnr(noisy, grey) + 3, name
+
+
 def test_a_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(baselines.importlib.util, "find_spec", lambda module: None)
     _, noisy = _smooth_and_noisy(15, size=16)
     with pytest.raises(BaselineUnavailable, match=r"needs the 'bm3d' package: pip install -e \"\.\[eval\]\""):
-        run_baseline("BM3D (CBM3D)", noisy, 15)
+        run_baseline("BM3D", noisy, 15)
 
 
 def test_bad_input_is_named():
     _, noisy = _smooth_and_noisy(15, size=16)
     with pytest.raises(ValueError, match="unknown baseline 'BM4D'"):
         run_baseline("BM4D", noisy, 15)
-    with pytest.raises(ValueError, match="8-bit RGB array"):
+    with pytest.raises(ValueError, match=r"8-bit RGB \(H, W, 3\) or grey \(H, W\) array"):
         run_baseline("scikit-image TV", noisy.astype(np.float32) / 255, 15)
-    with pytest.raises(ValueError, match="8-bit RGB array"):
-        run_baseline("scikit-image TV", noisy[..., 0], 15)
+    with pytest.raises(ValueError, match=r"8-bit RGB \(H, W, 3\) or grey \(H, W\) array, got uint8 \(16, 16, 4\)"):
+        run_baseline("scikit-image TV", np.concatenate([noisy, noisy[..., :1]], axis=2), 15)
+    with pytest.raises(ValueError, match=r"expects an 8-bit RGB array \(H, W, 3\), got uint8 \(16, 16\)"):
+        run_baseline("dark channel prior", noisy[..., 0])  # the dehazer needs colour
     with pytest.raises(ValueError, match=r"sigma must be in \(0, 255\]"):
         run_baseline("scikit-image TV", noisy, 0)
 

@@ -16,8 +16,8 @@ def test_eval_command_writes_all_three_files(tiny_model, tmp_path, capsys):
     args = ["eval", "--images", "skimage", "--limit", "1", "--degradations", "noise-15", "--steps", "1",
             "--no-baselines", "--no-ablations", "--model", f"noise={tiny_model}", "--out-dir", str(tmp_path), "--quiet"]
     assert cli_main(args) == 0
-    # the figure shows the 4-step output, so with --steps 1 there is none
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["EVAL.md", "eval.json"]
+    # the figure shows the model at its shipped settings, a row that runs whatever --steps says
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["EVAL.md", "eval-figure.png", "eval.json"]
     md = (tmp_path / "EVAL.md").read_text()
     assert "astronaut" in md and "`resflow eval --images skimage --limit 1 --degradations noise-15" in md
     assert "wrote" in capsys.readouterr().out

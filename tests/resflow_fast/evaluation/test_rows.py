@@ -7,16 +7,23 @@ from resflow_fast.evaluation.degradations import DEGRADATIONS
 from resflow_fast.evaluation.report import render_markdown
 from resflow_fast.evaluation.rows import DEFAULT_MODEL_ROW, default_task_models, evaluate, image_metrics
 
+SHIPPED = "ResFlow at its settings (4 steps)"
+
 
 def test_each_degradation_gets_the_rows_of_its_kind(small_result):
     images, _, result = small_result
     rows = {d: [r["name"] for r in result.rows[d]] for d in result.rows}
-    assert rows["noise-25"] == ["degraded input", "scikit-image TV", "ResFlow, 1 step", "ResFlow, 2 steps",
-                                "ablation: control, 4 steps"]
-    # each classical restorer on its own kind of rows only
-    assert rows["jpeg-10"] == ["degraded input", "ResFlow, 1 step", "ResFlow, 2 steps"]
-    assert rows["haze"] == ["degraded input", "dark channel prior", "ResFlow, 1 step", "ResFlow, 2 steps"]
-    assert len(result.records) == (5 + 3 + 4) * len(images)
+    # the model at the settings its file records (none here: the package's default, 4 steps) comes
+    # first, then the paper's grid at each step count asked for
+    resflow = [SHIPPED, "ResFlow, 1 step", "ResFlow, 2 steps"]
+    variants = ["ResFlow, 2 steps, grid power 2", "ResFlow, 4 steps, grid power 2", "ResFlow, 4 steps, exact y"]
+    assert rows["noise-25"] == ["degraded input", "scikit-image TV", *resflow, *variants, "ablation: control, 4 steps"]
+    # each classical restorer on its own kind of rows only; the sampler variants at sigma 25 and
+    # JPEG quality 10 only
+    assert rows["jpeg-10"] == ["degraded input", *resflow, *variants]
+    assert rows["haze"] == ["degraded input", "dark channel prior", *resflow]
+    assert [r["group"] for r in result.rows["haze"]] == ["input", "classical", "shipped", "resflow", "resflow"]
+    assert len(result.records) == (9 + 7 + 5) * len(images)
     for rec in result.records:
         assert np.isfinite(rec["psnr"]) and 0 < rec["ssim"] <= 1 and rec["seconds"] >= 0
 
@@ -36,18 +43,39 @@ def test_the_input_rows_metrics_are_scikit_images(small_result):
 
 
 def test_a_task_with_its_own_embedded_model_shows_the_default_beside_it(make_images):
-    """Noise goes to the embedded `denoise` model; the blind `default` gets a 4-step row of its own
-    so the report shows which measures better. A path (or `default` itself) adds no such row."""
+    """Noise goes to the embedded `denoise` model; the blind `default` gets a row of its own, at its
+    recorded settings, so the report shows which measures better. A path (or `default` itself)
+    adds no such row. A clean photograph goes to `default`, the model a user gets."""
     assert default_task_models()["noise"] == "denoise"
     assert all(default_task_models()[task] == "mix" for task in ("rain", "haze", "snow"))
+    assert default_task_models()["clean"] == "default"
     images = make_images()[:1]
-    result = evaluate(images, [DEGRADATIONS["noise-25"], DEGRADATIONS["jpeg-10"]],
+    result = evaluate(images, [DEGRADATIONS["noise-15"], DEGRADATIONS["jpeg-20"]],
                       default_task_models(), steps=(1,), baselines=(), device="cpu", progress=False)
-    noise, jpeg = ([r["name"] for r in result.rows[k]] for k in ("noise-25", "jpeg-10"))
-    assert noise == ["degraded input", "ResFlow, 1 step", DEFAULT_MODEL_ROW]
-    assert jpeg == ["degraded input", "ResFlow, 1 step"]
-    assert {r["name"]: r["model"] for r in result.rows["noise-25"]}[DEFAULT_MODEL_ROW] == "default"
-    by_row = {r["row"]: r["psnr"] for r in result.records if r["degradation"] == "noise-25"}
+    noise, jpeg = ([r["name"] for r in result.rows[k]] for k in ("noise-15", "jpeg-20"))
+    assert noise[:2] == ["degraded input", noise[1]] and noise[1].startswith("ResFlow at its settings (")
+    assert noise[2:] == ["ResFlow, 1 step", DEFAULT_MODEL_ROW]
+    assert jpeg[0] == "degraded input" and jpeg[1].startswith("ResFlow at its settings (") and jpeg[2:] == ["ResFlow, 1 step"]
+    assert {r["name"]: r["model"] for r in result.rows["noise-15"]}[DEFAULT_MODEL_ROW] == "default"
+    by_row = {r["row"]: r["psnr"] for r in result.records if r["degradation"] == "noise-15"}
     assert by_row["ResFlow, 1 step"] != by_row[DEFAULT_MODEL_ROW]  # two models, two results
     assert result.environment["task_models"]["noise"]["model"] == "denoise"
     assert "ResFlow model: `denoise`" in render_markdown(result, "cmd")
+
+
+def test_grey_and_clean_rows_are_measured_against_their_own_targets(tiny_model, make_images):
+    """The grey row is restored and scored as a one-channel image against the grey photograph; the
+    clean row's input is the photograph itself (infinite PSNR is no number: the input row is
+    capped by the metric, so only the restorer's is checked to be finite)."""
+    images = make_images()[:1]
+    result = evaluate(images, [DEGRADATIONS["grey-noise-25"], DEGRADATIONS["clean"]],
+                      {"noise": tiny_model, "clean": tiny_model}, steps=(1,), baselines=("scikit-image TV",),
+                      device="cpu", progress=False)
+    grey = {r["row"]: r for r in result.records if r["degradation"] == "grey-noise-25"}
+    target = DEGRADATIONS["grey-noise-25"].target(images[0].clean)
+    lq = DEGRADATIONS["grey-noise-25"].apply(images[0].clean, images[0].name)
+    assert grey["degraded input"]["psnr"] == pytest.approx(image_metrics(lq, target)[0])
+    assert "scikit-image TV" in grey and grey["scikit-image TV"]["psnr"] > grey["degraded input"]["psnr"]
+    clean = {r["row"]: r for r in result.records if r["degradation"] == "clean"}
+    assert set(clean) == {"degraded input", SHIPPED, "ResFlow, 1 step"}
+    assert np.isfinite(clean[SHIPPED]["psnr"])
