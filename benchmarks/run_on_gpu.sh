@@ -102,37 +102,10 @@ else
     say "nvidia-smi: not found"
 fi
 
-import_check() {
-    timeout -k 5 90 "$PY" -c 'import resflow_fast.kernels, resflow_fast.reference, resflow_fast.benchmarks.bench as b
-print("imports", b.__name__, "from", b.__file__)' >> "$LOG" 2>&1
-}
-
-link_layout() {  # $1: a new folder; inside it resflow_fast/ as installed: the package plus reference/, kernels/, benchmarks/
-    local root="$1/resflow_fast" entry
-    mkdir -p "$root" || return 1
-    for entry in "$REPO"/resflow_fast/*; do
-        ln -s "$entry" "$root/" || return 1
-    done
-    ln -s "$REPO/reference" "$root/reference" && ln -s "$REPO/kernels" "$root/kernels" \
-        && ln -s "$REPO/benchmarks" "$root/benchmarks"
-}
-
-installed=""
-if [ "${INSTALL:-pip}" != link ]; then
-    if timeout -k 5 120 "$PY" -m pip install --no-index --no-build-isolation --no-deps -q -e . >> "$LOG" 2>&1 \
-            && import_check; then
-        installed="pip install -e ."
-    else
-        say "pip install failed or does not import (call.log has its output): using the linked layout"
-    fi
-fi
-if [ -z "$installed" ]; then
-    layout="$(mktemp -d)/src"
-    if link_layout "$layout"; then
-        export PYTHONPATH="$layout${PYTHONPATH:+:$PYTHONPATH}"
-        import_check && installed="the linked layout at $layout on PYTHONPATH"
-    fi
-fi
+# shellcheck source=benchmarks/gpu_setup.sh
+source "$REPO/benchmarks/gpu_setup.sh"
+install_resflow "$LOG" 'import resflow_fast.kernels, resflow_fast.reference, resflow_fast.benchmarks.bench as b
+print("imports", b.__name__, "from", b.__file__)'
 if [ -z "$installed" ]; then
     say "resflow_fast does not import; nothing can run (call.log has the error):"
     tail -n 20 "$LOG"

@@ -142,7 +142,6 @@ def test_the_quick_call_asks_for_the_acceptance_rows_only(tmp_path, fake):
     assert "--cuda-tests 1 passed in 0.01s" in bench
 
 
-@pytest.mark.slow
 def test_without_an_install_the_linked_layout_imports(tmp_path):
     """pip fails and nothing is installed (the interpreter runs without site, so the editable
     install of this checkout is not seen): the script's linked layout must carry the import check,
