@@ -3,10 +3,22 @@
 # the package goes in without dependencies, and where pip cannot install it (or the install does
 # not import) a linked copy of the installed layout goes on PYTHONPATH instead.
 #
+#   writable_out_dir NAME DIR    makes DIR if need be and prints it as an absolute path; where it
+#                                cannot be written, says so as script NAME and fails
 #   install_resflow LOG CHECK    installs, then runs the Python code CHECK as the import check;
 #                                sets `installed` to how it got in (empty: nothing imports)
 #
-# Needs REPO (the checkout), PY (the interpreter) and say (a logger) from the sourcing script.
+# install_resflow needs REPO (the checkout), PY (the interpreter) and say (a logger) from the
+# sourcing script.
+
+writable_out_dir() {
+    if ! mkdir -p "$2" 2>/dev/null || ! touch "$2/.write-check" 2>/dev/null; then
+        echo "$1: cannot write into the output folder '$2'" >&2
+        return 2
+    fi
+    rm -f "$2/.write-check"
+    (cd "$2" && pwd)
+}
 
 link_layout() {  # $1: a new folder; inside it resflow_fast/ as installed: the package plus reference/, kernels/, benchmarks/
     local root="$1/resflow_fast" entry

@@ -39,12 +39,9 @@ if [ -z "$OUT_DIR" ]; then
     echo "run_on_gpu.sh: no output folder: give one, or set OUT; $usage" >&2
     exit 2
 fi
-if ! mkdir -p "$OUT_DIR" 2>/dev/null || ! touch "$OUT_DIR/.write-check" 2>/dev/null; then
-    echo "run_on_gpu.sh: cannot write into the output folder '$OUT_DIR'" >&2
-    exit 2
-fi
-rm -f "$OUT_DIR/.write-check"
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
+# shellcheck source=benchmarks/gpu_setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_setup.sh"
+OUT_DIR=$(writable_out_dir run_on_gpu.sh "$OUT_DIR") || exit 2
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 2
 
@@ -102,8 +99,6 @@ else
     say "nvidia-smi: not found"
 fi
 
-# shellcheck source=benchmarks/gpu_setup.sh
-source "$REPO/benchmarks/gpu_setup.sh"
 install_resflow "$LOG" 'import resflow_fast.kernels, resflow_fast.reference, resflow_fast.benchmarks.bench as b
 print("imports", b.__name__, "from", b.__file__)'
 if [ -z "$installed" ]; then

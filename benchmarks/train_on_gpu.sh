@@ -28,12 +28,10 @@ if [ -z "$OUT_DIR" ] || [ $# -gt 2 ]; then
     echo "train_on_gpu.sh: $usage" >&2
     exit 2
 fi
-if ! mkdir -p "$OUT_DIR" 2>/dev/null || ! touch "$OUT_DIR/.write-check" 2>/dev/null; then
-    echo "train_on_gpu.sh: cannot write into the output folder '$OUT_DIR'" >&2
-    exit 2
-fi
-rm -f "$OUT_DIR/.write-check"
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
+# shellcheck source=benchmarks/gpu_setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_setup.sh"
+OUT_DIR=$(writable_out_dir train_on_gpu.sh "$OUT_DIR") || exit 2
+if [ -d "$RUN_DIR" ]; then RUN_DIR=$(cd "$RUN_DIR" && pwd); fi  # relative to where the call was made
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 2
 # shellcheck disable=SC2012  # checkpoint folder names are step-<digits>
@@ -58,8 +56,6 @@ say "resflow-fast GPU training: $latest -> $OUT_DIR/run; over within ${DEADLINE_
 if command -v nvidia-smi > /dev/null; then
     timeout -k 5 20 nvidia-smi >> "$LOG" 2>&1 || say "nvidia-smi failed or timed out (exit $?)"
 fi
-# shellcheck source=benchmarks/gpu_setup.sh
-source "$REPO/benchmarks/gpu_setup.sh"
 install_resflow "$LOG" 'import torch, resflow_fast.reference.train as t
 print("imports", t.__name__, "from", t.__file__, "; CUDA", torch.cuda.is_available())'
 if [ -z "$installed" ]; then
