@@ -65,7 +65,10 @@ if [ -z "$installed" ]; then
 fi
 say "setup done: resflow_fast imports through $installed"
 
-mkdir -p "$OUT_DIR/run" && cp -r "$latest" "$OUT_DIR/run/" || { say "cannot copy $latest into $OUT_DIR/run"; exit 1; }
+if ! { mkdir -p "$OUT_DIR/run" && cp -r "$latest" "$OUT_DIR/run/"; }; then
+    say "cannot copy $latest into $OUT_DIR/run"
+    exit 1
+fi
 minutes=$(awk -v s=$(( DEADLINE_S - END_MARGIN_S - SECONDS )) 'BEGIN { printf "%.2f", s / 60 }')
 say "training for at most $minutes min: batch ${BATCH_SIZE:-64}, ${DATA_WORKERS:-12} data workers"
 started=$SECONDS
