@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "with pip download into ~/.cache/resflow_fast)")
     p.add_argument("--degradations", default=",".join(DEGRADATIONS),
                    help=f"comma-separated subset of {', '.join(DEGRADATIONS)}")
-    p.add_argument("--steps", default=",".join(map(str, STEPS)), help="ResFlow step counts (default 1,2,4,8)")
+    p.add_argument("--steps", default=",".join(map(str, STEPS)),
+                   help=f"ResFlow step counts on the paper's grid (default {','.join(map(str, STEPS))})")
     p.add_argument("--model", action="append", default=[], metavar="TASK=MODEL",
                    help="use another model for a task (noise, jpeg, rain, haze, snow, clean): a name or a weights path")
     p.add_argument("--no-baselines", action="store_true", help="leave out the classical rows")

@@ -112,7 +112,8 @@ def render_markdown(result: EvalResult, command: str) -> str:
         "per image on the device named, model already loaded. ResFlow uses seed 0.",
         "- ResFlow rows: first the model at the sampler settings its weights file records (what `restore()` "
         "gives; the goals are judged on it), then the paper's sampler (uniform grid, x and y moved together) "
-        "at 1, 2, 4 and 8 steps, and on some degradations other settings.",
+        "at the step counts asked for (1, 2 and 4 by default), and at sigma 25 and JPEG quality 10 more settings "
+        "(8 steps, a grid with a long first step, exact y).",
         "- The classical denoisers run on noise and are given the true sigma (BM3D: CBM3D on colour, BM3D on "
         "grey); the dark-channel dehazer runs on haze. ResFlow and the dehazer are blind.",
         "",

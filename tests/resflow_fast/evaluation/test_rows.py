@@ -16,14 +16,14 @@ def test_each_degradation_gets_the_rows_of_its_kind(small_result):
     # the model at the settings its file records (none here: the package's default, 4 steps) comes
     # first, then the paper's grid at each step count asked for
     resflow = [SHIPPED, "ResFlow, 1 step", "ResFlow, 2 steps"]
-    variants = ["ResFlow, 2 steps, grid power 2", "ResFlow, 4 steps, grid power 2", "ResFlow, 4 steps, exact y"]
+    variants = ["ResFlow, 8 steps", "ResFlow, 2 steps, grid power 2", "ResFlow, 4 steps, grid power 2", "ResFlow, 4 steps, exact y"]
     assert rows["noise-25"] == ["degraded input", "scikit-image TV", *resflow, *variants, "ablation: control, 4 steps"]
     # each classical restorer on its own kind of rows only; the sampler variants at sigma 25 and
     # JPEG quality 10 only
     assert rows["jpeg-10"] == ["degraded input", *resflow, *variants]
     assert rows["haze"] == ["degraded input", "dark channel prior", *resflow]
     assert [r["group"] for r in result.rows["haze"]] == ["input", "classical", "shipped", "resflow", "resflow"]
-    assert len(result.records) == (9 + 7 + 5) * len(images)
+    assert len(result.records) == (10 + 8 + 5) * len(images)
     for rec in result.records:
         assert np.isfinite(rec["psnr"]) and 0 < rec["ssim"] <= 1 and rec["seconds"] >= 0
 
