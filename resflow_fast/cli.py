@@ -25,10 +25,10 @@ class UsageError(ValueError):
 # helpers shared by the commands
 # ----------------------------------------------------------------------------------------------
 def _device(name: str) -> torch.device:
-    """--device as the trainer resolves it (one rule for every command; bad names are ValueErrors)."""
-    from .reference.train import pick_device
+    """--device by the package's one device rule (bad names are ValueErrors)."""
+    from .reference.system import pick_device
 
-    return pick_device(name, int(os.environ.get("LOCAL_RANK", 0)))
+    return pick_device(name)
 
 
 #: File endings `resflow restore` picks up in folders (explicitly named files may have any ending).

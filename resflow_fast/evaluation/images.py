@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..reference.checkpoint import atomic_write_bytes
+from ..reference.system import atomic_write_bytes
 
 __all__ = ["CROP", "EvalError", "EvalImage", "KODAK_FILES", "KODAK_MEMBER", "PYIQA_WHEEL", "PYIQA_WHEEL_SHA256",
            "SKIMAGE_CROPS", "cache_dir", "heldout_images", "kodak_dir", "sha256"]
