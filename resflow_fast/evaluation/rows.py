@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..baselines import BASELINES, run_baseline
-from ..models import EMBEDDED_MODELS, embedded_model_path
+from ..embedded_models import EMBEDDED_MODELS, embedded_model_path
 from ..reference.checkpoint import resolve_weights_path
 from ..reference.metrics import psnr, ssim
 from .degradations import EvalDegradation
@@ -83,7 +83,7 @@ def describe_device(device: torch.device) -> str:
 
 
 def _resflow_row(name: str, group: str, model: str, steps: int, device: str, dtype: str) -> Row:
-    from ..restore import Restorer
+    from ..restorer import Restorer
 
     restorer = Restorer(model, steps=steps, device=device, dtype=dtype, tile=None)
     return Row(name, group, lambda lq, deg: restorer.restore(lq, seed=0), describe_device(restorer.device), model,

@@ -1,11 +1,11 @@
-"""Tests of resflow_fast/restore.py (restore(), Restorer, tiling, precision, out-of-memory retries)
+"""Tests of resflow_fast/restorer.py (restore(), Restorer, tiling, precision, out-of-memory retries)
 and of the `resflow restore` command built on it.
 
 The model is the test-preset U-Net with random weights (std 0.08): it changes a 96x80 image by
 about 26 dB PSNR in 2 steps, so "tiled agrees with untiled" and "the seed decides" are measured
 against a model that really moves the image, not against the identity. Random weights are not a
 trained restorer: the tiling numbers here show the mechanism (per-tile GroupNorm, windows, noise
-slicing), not a trained model's exact agreement (see restore.py's docstring for that).
+slicing), not a trained model's exact agreement (see restorer.py's docstring for that).
 """
 import importlib
 import subprocess
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from resflow_fast import Restorer, RestoreError, restore
-from resflow_fast.restore import MemoryBudgetError, parse_memory
+from resflow_fast.restorer import MemoryBudgetError, parse_memory
 from resflow_fast.cli import main
 
 #: Only a guard against a hung child process: far above what a loaded 2-core machine needs.
@@ -28,10 +28,10 @@ from resflow_fast.reference.degradations import dead_leaves
 from resflow_fast.reference.sampler import PAPER_SAMPLING, SamplingSettings, euler_sample
 from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import build_unet
-from resflow_fast.restore import blend_windows, tile_spans
+from resflow_fast.restorer import blend_windows, tile_spans
 
-# `resflow_fast.restore` is the function; the module holds the knobs the tests turn.
-restore_module = importlib.import_module("resflow_fast.restore")
+# the module (``resflow_fast.restore`` is the function) holds the knobs the tests turn
+restorer_module = importlib.import_module("resflow_fast.restorer")
 
 RNG = np.random.default_rng(0)
 RGB = (RNG.random((9, 7, 3)) * 255).astype(np.uint8)  # 7 wide, 9 high: smaller than any tile or network multiple
@@ -207,20 +207,20 @@ def test_auto_tiles_at_the_default_side_and_smaller_when_the_budget_is_short(une
     restorer = Restorer(unet, steps=1)
     restorer.restore(np.zeros((96, 80, 3), np.uint8))
     assert restorer.last_plan.tiles == 1  # smaller than a default tile: one piece, as before
-    side = restore_module.DEFAULT_TILE
+    side = restorer_module.DEFAULT_TILE
     plan = restorer.plan(3 * side, 2 * side)
     assert plan.tile_side == side and plan.tiles > 6  # larger: tiles of the default side, overlapping
     # A budget that holds the image buffers and a 70 x 70 tile, no more: 64-px tiles on the 8-px grid.
-    image_bytes = restore_module.IMAGE_BYTES_PER_PIXEL * 96 * 80
-    tight = Restorer(unet, steps=1, max_memory=image_bytes + restore_module.tile_memory_bytes(
+    image_bytes = restorer_module.IMAGE_BYTES_PER_PIXEL * 96 * 80
+    tight = Restorer(unet, steps=1, max_memory=image_bytes + restorer_module.tile_memory_bytes(
         unet.config, 70, 70, torch.float32) + restorer.plan(8, 8).weight_bytes)
     tight.restore(np.zeros((96, 80, 3), np.uint8))
     assert tight.last_tile_side == 64 and tight.last_plan.needed_bytes <= tight.last_plan.budget_bytes
 
 
 def test_the_default_budget_comes_from_free_memory(unet, monkeypatch):
-    monkeypatch.setattr(restore_module, "free_memory_bytes", lambda device: 10 << 30)
-    assert Restorer(unet).plan(100, 100).budget_bytes == int((10 << 30) * restore_module.MEMORY_FRACTION)
+    monkeypatch.setattr(restorer_module, "free_memory_bytes", lambda device: 10 << 30)
+    assert Restorer(unet).plan(100, 100).budget_bytes == int((10 << 30) * restorer_module.MEMORY_FRACTION)
     assert Restorer(unet, max_memory="3GB").plan(100, 100).budget_bytes == 3 << 30
 
 
@@ -238,16 +238,16 @@ def test_a_restore_that_cannot_fit_is_refused_before_any_work(unet, monkeypatch)
 
 def test_the_memory_estimate_counts_attention_which_grows_with_the_square_of_the_tile():
     config = build_unet("default").config  # attention at 1/8 and in the middle
-    small, large = (restore_module.attention_bytes(config, side, side) for side in (256, 512))
+    small, large = (restorer_module.attention_bytes(config, side, side) for side in (256, 512))
     assert small > 0 and large == 16 * small  # 4x the pixels: 16x the score matrix
-    assert restore_module.attention_bytes(build_unet("test").config, 512, 512) == 0  # no attention
-    assert restore_module.tile_memory_bytes(config, 512, 512, torch.float32) > large
+    assert restorer_module.attention_bytes(build_unet("test").config, 512, 512) == 0  # no attention
+    assert restorer_module.tile_memory_bytes(config, 512, 512, torch.float32) > large
 
 
 def test_a_12_megapixel_photograph_is_planned_within_4gb_in_tiles_of_fixed_memory():
     restorer = Restorer(build_unet("default").eval(), max_memory="4GB")
     photo, strip = restorer.plan(3000, 4000), restorer.plan(10, 100_000)
-    assert photo.needed_bytes <= 4 << 30 and photo.tile_side == restore_module.DEFAULT_TILE
+    assert photo.needed_bytes <= 4 << 30 and photo.tile_side == restorer_module.DEFAULT_TILE
     assert strip.needed_bytes <= 4 << 30 and strip.tile_bytes <= photo.tile_bytes
     assert restorer.plan(6000, 8000).tile_bytes == photo.tile_bytes  # a tile's memory does not grow with the image
 
@@ -369,7 +369,7 @@ def _fail_above(restorer, monkeypatch, pixels, error):
 
 
 def test_out_of_memory_retries_with_smaller_tiles(unet, monkeypatch):
-    monkeypatch.setattr(restore_module, "MIN_TILE", 16)
+    monkeypatch.setattr(restorer_module, "MIN_TILE", 16)
     restorer = Restorer(unet, steps=1, tile=None)
     img = np.random.default_rng(2).random((48, 40, 3)).astype(np.float32)
     untiled = restorer.restore(img)
@@ -445,14 +445,14 @@ def test_cpu_threads_follow_the_usable_cpus_unless_the_user_chose(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", chosen.append)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setattr(restore_module, "_threads_configured", False)
-    restore_module.configure_cpu_threads()
-    restore_module.configure_cpu_threads()  # once per process
-    assert chosen == [restore_module.usable_cpus()]
+    monkeypatch.setattr(restorer_module, "_threads_configured", False)
+    restorer_module.configure_cpu_threads()
+    restorer_module.configure_cpu_threads()  # once per process
+    assert chosen == [restorer_module.usable_cpus()]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setattr(restore_module, "_threads_configured", False)
-    restore_module.configure_cpu_threads()
-    assert chosen == [restore_module.usable_cpus()]
+    monkeypatch.setattr(restorer_module, "_threads_configured", False)
+    restorer_module.configure_cpu_threads()
+    assert chosen == [restorer_module.usable_cpus()]
 
 
 @pytest.mark.cuda
@@ -575,7 +575,7 @@ def test_cli_a_failed_write_keeps_the_previous_output(tmp_path, checkpoint, monk
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, checkpoint, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(importlib.import_module("resflow_fast.models"), "MODELS_DIR", tmp_path / "no-models")
+    monkeypatch.setattr(importlib.import_module("resflow_fast.embedded_models"), "MODELS_DIR", tmp_path / "no-models")
     Image.fromarray(RGB).save(tmp_path / "in.png")
     assert main(["restore", *[a.replace("{ckpt}", str(checkpoint)) for a in args]]) == 2
     err = capsys.readouterr().err

@@ -39,7 +39,7 @@ full image with :func:`~resflow_fast.reference.sampler.auxiliary_noise` and slic
 Untiled, this is exactly the noise the reference sampler draws itself for that seed.
 
 **Sampling settings** (steps, time grid, y update) come from the model's weights file where it
-records them (:attr:`~resflow_fast.models.LoadedModel.sampling`), else the paper's;
+records them (:attr:`~resflow_fast.embedded_models.LoadedModel.sampling`), else the paper's;
 ``sampling="paper"`` asks for the paper's, and ``steps``, ``time_power`` and ``y_mode`` override
 single fields.
 
@@ -71,7 +71,7 @@ from typing import Any, Callable
 import torch
 
 from .imageio import split_image
-from .models import LoadedModel, resolve_model
+from .embedded_models import LoadedModel, resolve_model
 from .reference.sampler import PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample
 from .reference.schedule import Schedule
 from .reference.system import DeviceUnavailableError, UnknownDeviceError, pick_device

@@ -1,4 +1,4 @@
-"""Tests of resflow_fast/models.py: names, checkpoint paths and modules, clear errors, the cache."""
+"""Tests of resflow_fast/embedded_models.py: names, checkpoint paths and modules, clear errors, the cache."""
 import os
 from pathlib import Path
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resflow_fast import models
-from resflow_fast.models import EMBEDDED_MODELS, ModelNotInstalledError, embedded_model_path, resolve_model
+from resflow_fast import embedded_models
+from resflow_fast.embedded_models import EMBEDDED_MODELS, ModelNotInstalledError, embedded_model_path, resolve_model
 from resflow_fast.reference.checkpoint import CheckpointError, save_weights
 from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import build_unet
@@ -23,9 +23,9 @@ def save_model(path, model, schedule=Schedule()):
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    models.clear_cache()
+    embedded_models.clear_cache()
     yield
-    models.clear_cache()
+    embedded_models.clear_cache()
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +59,13 @@ def test_a_module_is_used_in_place_with_the_default_schedule(unet):
 
 
 def test_the_embedded_name_reads_the_packaged_file(tmp_path, monkeypatch, unet):
-    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(embedded_models, "MODELS_DIR", tmp_path)
     save_model(tmp_path / "default.safetensors", unet)
     assert resolve_model("default", CPU).source == "default"
 
 
 def test_a_missing_embedded_model_says_to_pass_a_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(embedded_models, "MODELS_DIR", tmp_path)
     with pytest.raises(ModelNotInstalledError, match="embedded 'default' model is not installed.*pass a checkpoint"):
         resolve_model("default", CPU)
 

@@ -1,4 +1,4 @@
-"""Tests of resflow_fast/training.py: the fused loss gives the reference loss and gradients."""
+"""Tests of resflow_fast/training_hooks.py: the fused loss gives the reference loss and gradients."""
 import pytest
 import torch
 
@@ -7,7 +7,7 @@ from resflow_fast.reference.losses import velocity_matching_loss
 from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.train import TrainConfig, Trainer
 from resflow_fast.reference.unet import UNet, preset_config
-from resflow_fast.training import fast_sample, fused_velocity_matching_loss, trainer_hooks
+from resflow_fast.training_hooks import fast_sample, fused_velocity_matching_loss, trainer_hooks
 
 
 def _model(schedule, seed=0):
@@ -50,3 +50,9 @@ def test_trainer_runs_with_the_fast_hooks(tmp_path):
 def test_hooks_only_on_cuda():
     assert trainer_hooks(torch.device("cpu")) == {}
     assert set(trainer_hooks(torch.device("cuda"))) == {"loss_fn", "sample_fn"}
+
+
+def test_the_old_documented_import_path_gives_the_same_functions():
+    from resflow_fast import training, training_hooks
+
+    assert all(getattr(training, name) is getattr(training_hooks, name) for name in training.__all__)
