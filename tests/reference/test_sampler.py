@@ -5,16 +5,11 @@ import torch
 from resflow_fast.reference.sampler import (PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample,
                                             euler_steps, euler_update, sample_euler)
 from resflow_fast.reference.schedule import Schedule, time_grid
-from resflow_fast.reference.unet import build_unet
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = build_unet("test").eval()
-    for p in m.parameters():  # a non-trivial velocity field (fresh output convs are zero)
-        torch.nn.init.normal_(p, std=0.05)
-    return m
+def model(random_unet):
+    return random_unet()
 
 
 def test_deterministic_for_a_seed_and_different_for_another(model):

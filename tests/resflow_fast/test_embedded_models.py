@@ -119,22 +119,18 @@ def _example(name):
     return np.asarray(Image.open(EXAMPLES / name), dtype=np.float64) / 255
 
 
-def _psnr(a, clean):
-    return 10 * np.log10(1 / np.mean((a - clean) ** 2))
-
-
 @pytest.mark.parametrize("name", ["default", "denoise"])
-def test_the_shipped_models_denoise_the_example(name):
+def test_the_shipped_models_denoise_the_example(psnr01, name):
     """The embedded weights load, and restore the README's example: 20.7 dB noisy -> 29.7 dB
     (default) measured (docs/MODEL_CARD.md); a corrupt or untrained file would fail this."""
     from resflow_fast import restore
 
     clean, noisy = _example("astronaut-clean.png"), Image.open(EXAMPLES / "astronaut-noisy-sigma25.png")
     restored = np.asarray(restore(noisy, model=name), dtype=np.float64) / 255
-    assert _psnr(restored, clean) - _psnr(np.asarray(noisy, dtype=np.float64) / 255, clean) > 6.0
+    assert psnr01(restored, clean) - psnr01(np.asarray(noisy, dtype=np.float64) / 255, clean) > 6.0
 
 
-def test_the_shipped_denoiser_leaves_a_clean_photograph_nearly_alone():
+def test_the_shipped_denoiser_leaves_a_clean_photograph_nearly_alone(psnr01):
     """A blind denoiser meets images whose noise nobody measured. The clean example comes back at
     41.5 dB from `denoise` and 35.3 dB from `default` (measured 2026-11-26, docs/MODEL_CARD.md), so
     this bound tells the two apart."""
@@ -142,17 +138,17 @@ def test_the_shipped_denoiser_leaves_a_clean_photograph_nearly_alone():
 
     clean = _example("astronaut-clean.png")
     restored = np.asarray(restore((clean * 255).round().astype(np.uint8), model="denoise"), dtype=np.float64) / 255
-    assert _psnr(restored, clean) > 39.0
+    assert psnr01(restored, clean) > 39.0
 
 
-def test_the_mix_model_dehazes_the_hazy_example_and_default_does_not():
+def test_the_mix_model_dehazes_the_hazy_example_and_default_does_not(psnr01):
     """`mix` is the model for rain, haze and snow. On examples/astronaut-hazy.png (13.1 dB) it
     returns 16.8 dB, `default` 13.1 dB (measured 2026-11-26, docs/MODEL_CARD.md)."""
     from resflow_fast import restore
 
     clean, hazy = _example("astronaut-clean.png"), Image.open(EXAMPLES / "astronaut-hazy.png")
-    before = _psnr(np.asarray(hazy, dtype=np.float64) / 255, clean)
-    by_model = {name: _psnr(np.asarray(restore(hazy, model=name), dtype=np.float64) / 255, clean)
+    before = psnr01(np.asarray(hazy, dtype=np.float64) / 255, clean)
+    by_model = {name: psnr01(np.asarray(restore(hazy, model=name), dtype=np.float64) / 255, clean)
                 for name in ("mix", "default")}
     assert by_model["mix"] - before > 2.5
     assert by_model["mix"] - by_model["default"] > 2.5

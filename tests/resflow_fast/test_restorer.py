@@ -38,21 +38,9 @@ RGB = (RNG.random((9, 7, 3)) * 255).astype(np.uint8)  # 7 wide, 9 high: smaller 
 ALPHA = (RNG.random((9, 7)) * 255).astype(np.uint8)
 
 
-def psnr01(a, b) -> float:
-    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
-
-
-def tiny_unet(schedule=Schedule(), std=0.08, seed=0):
-    torch.manual_seed(seed)
-    model = build_unet("test", auxiliary=schedule.has_auxiliary).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=std)  # small random weights: far from the identity, still stable
-    return model
-
-
 @pytest.fixture(scope="module")
-def unet():
-    return tiny_unet()
+def unet(random_unet):
+    return random_unet(std=0.08)
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +121,12 @@ def test_a_model_in_training_is_sampled_in_eval_mode_and_left_training():
     np.testing.assert_array_equal(first, restore(RGB, model=model, steps=1))  # dropout was off
 
 
-def test_a_schedule_without_auxiliary_noise_works():
-    model = tiny_unet(Schedule("x_only"))
+def test_a_schedule_without_auxiliary_noise_works(random_unet):
+    model = random_unet(Schedule("x_only"), std=0.08)
     out = restore(RGB, model=model, schedule=Schedule("x_only"), steps=1)
-    assert out.shape == RGB.shape
+    assert out.shape == RGB.shape and not np.array_equal(out, RGB)  # the model moved the image
+    # without y there is no noise to draw: the seed changes nothing
+    np.testing.assert_array_equal(out, restore(RGB, model=model, schedule=Schedule("x_only"), steps=1, seed=9))
 
 
 def test_a_checkpoint_path_as_model(checkpoint, unet):
@@ -159,7 +149,7 @@ def tiling(unet):
     return results
 
 
-def test_tiled_agrees_with_untiled(tiling):
+def test_tiled_agrees_with_untiled(psnr01, tiling):
     change = psnr01(tiling["untiled"][0], tiling["input"][0])
     agreement = psnr01(tiling["tile48"][0], tiling["untiled"][0])
     assert change < 30  # the model moves the image a lot...
@@ -183,7 +173,7 @@ def test_no_seam_where_tiles_meet(tiling):
     assert _seam_ratio(tiling["tile48"], untiled) < 2.0
 
 
-def test_the_seed_decides_the_result_whatever_the_tiling(tiling):
+def test_the_seed_decides_the_result_whatever_the_tiling(psnr01, tiling):
     same_seed = psnr01(tiling["tile48"][0], tiling["tile64"][0])
     other_seed = psnr01(tiling["seed1"][0], tiling["untiled"][0])
     assert same_seed >= 40 and same_seed > other_seed + 10
@@ -267,9 +257,9 @@ def test_a_bad_memory_size_is_a_clear_error(text):
 # ----------------------------------------------------------------------------------------------
 # the restore path itself adds nothing: padding, tiling, blending and rounding are exact
 # ----------------------------------------------------------------------------------------------
-def _still_unet(bias=0.0):
+def _still_unet(random_unet, bias=0.0):
     """A U-Net whose velocity is a constant (zero by default): the sampler then moves every pixel alike."""
-    model = tiny_unet()
+    model = random_unet(std=0.08)
     torch.nn.init.zeros_(model.out_conv.weight)
     torch.nn.init.constant_(model.out_conv.bias, bias)
     return model
@@ -280,14 +270,14 @@ def _still_unet(bias=0.0):
                                    (np.random.default_rng(5).random((41, 50, 3)) * 255).astype(np.uint8),
                                    (np.random.default_rng(6).random((41, 50)) * 65535).astype(np.uint16)],
                          ids=["white", "flat-grey", "noise-rgb", "noise-grey16"])
-def test_a_model_that_does_not_move_the_image_gives_it_back_exactly(image, tile):
-    out = restore(image, model=_still_unet(), steps=1, tile=tile, overlap=8)  # 41 x 50: 2 x 2 tiles of 32
+def test_a_model_that_does_not_move_the_image_gives_it_back_exactly(random_unet, image, tile):
+    out = restore(image, model=_still_unet(random_unet), steps=1, tile=tile, overlap=8)  # 41 x 50: 2 x 2 tiles of 32
     np.testing.assert_array_equal(out, image)  # no texture from padding, tiles, windows or rounding
 
 
-def test_a_uniform_change_leaves_a_flat_image_flat_across_tiles():
+def test_a_uniform_change_leaves_a_flat_image_flat_across_tiles(random_unet):
     flat = np.full((50, 70, 3), 128, np.uint8)
-    restorer = Restorer(_still_unet(bias=0.05), steps=1, tile=32, overlap=8)
+    restorer = Restorer(_still_unet(random_unet, bias=0.05), steps=1, tile=32, overlap=8)
     out = restorer.restore(flat)
     assert restorer.last_plan.tiles == 6
     assert np.ptp(out) == 0 and out[0, 0, 0] != 128  # moved, and moved alike everywhere
@@ -368,7 +358,7 @@ def _fail_above(restorer, monkeypatch, pixels, error):
     return calls
 
 
-def test_out_of_memory_retries_with_smaller_tiles(unet, monkeypatch):
+def test_out_of_memory_retries_with_smaller_tiles(psnr01, unet, monkeypatch):
     monkeypatch.setattr(restorer_module, "MIN_TILE", 16)
     restorer = Restorer(unet, steps=1, tile=None)
     img = np.random.default_rng(2).random((48, 40, 3)).astype(np.float32)
@@ -396,7 +386,7 @@ def test_other_errors_are_not_retried(unet, monkeypatch):
     assert len(calls) == 1
 
 
-def test_reduced_precision_runs_on_the_cpu_and_stays_close(unet):
+def test_reduced_precision_runs_on_the_cpu_and_stays_close(psnr01, unet):
     img = np.random.default_rng(3).random((16, 16, 3)).astype(np.float32)
     fp32 = restore(img, model=unet, steps=1, dtype="fp32")
     assert psnr01(restore(img, model=unet, steps=1, dtype="bf16"), fp32) > 30
@@ -456,10 +446,10 @@ def test_cpu_threads_follow_the_usable_cpus_unless_the_user_chose(monkeypatch):
 
 
 @pytest.mark.cuda
-def test_on_a_gpu_the_fast_path_agrees_with_the_cpu_reference(unet):
+def test_on_a_gpu_the_fast_path_agrees_with_the_cpu_reference(random_unet, psnr01, unet):
     img = np.random.default_rng(4).random((40, 56, 3)).astype(np.float32)
     cpu = restore(img, model=unet, steps=2, device="cpu")
-    gpu = restore(torch.from_numpy(img).permute(2, 0, 1).cuda(), model=tiny_unet(), steps=2)  # bf16 fast path
+    gpu = restore(torch.from_numpy(img).permute(2, 0, 1).cuda(), model=random_unet(std=0.08), steps=2)  # bf16 fast path
     assert gpu.is_cuda
     assert psnr01(gpu.permute(1, 2, 0).float().cpu().numpy(), cpu) > 35
 
