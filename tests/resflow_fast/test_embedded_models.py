@@ -132,7 +132,7 @@ def test_the_shipped_models_denoise_the_example(psnr01, name):
 
 def test_the_shipped_denoiser_leaves_a_clean_photograph_nearly_alone(psnr01):
     """A blind denoiser meets images whose noise nobody measured. The clean example comes back at
-    41.5 dB from `denoise` and 35.3 dB from `default` (measured 2026-11-26, docs/MODEL_CARD.md), so
+    41.5 dB from `denoise` and 35.3 dB from `default` (docs/MODEL_CARD.md), so
     this bound tells the two apart."""
     from resflow_fast import restore
 
@@ -143,7 +143,7 @@ def test_the_shipped_denoiser_leaves_a_clean_photograph_nearly_alone(psnr01):
 
 def test_the_mix_model_dehazes_the_hazy_example_and_default_does_not(psnr01):
     """`mix` is the model for rain, haze and snow. On examples/astronaut-hazy.png (13.1 dB) it
-    returns 16.8 dB, `default` 13.1 dB (measured 2026-11-26, docs/MODEL_CARD.md)."""
+    returns 16.8 dB, `default` 13.1 dB (docs/MODEL_CARD.md)."""
     from resflow_fast import restore
 
     clean, hazy = _example("astronaut-clean.png"), Image.open(EXAMPLES / "astronaut-hazy.png")
