@@ -10,7 +10,7 @@ instead of the kernels when Triton is missing, the tensors are on CPU without
 ``TRITON_INTERPRET=1``, or ``RESFLOW_DISABLE_TRITON=1`` is set (see ``_runtime.py``).
 """
 from ._runtime import triton_available, use_triton
-from .euler_step import euler_step, euler_step_reference, exact_y_scale
+from .euler_step import euler_step, euler_step_reference
 from .fused_conv3x3 import fused_conv3x3, fused_conv3x3_reference, pack_conv3x3_weight
 from .fused_conv3x3_euler import fused_conv3x3_euler, fused_conv3x3_euler_reference
 from .group_norm_modulate_silu import group_norm_modulate_silu, group_norm_modulate_silu_reference
@@ -25,7 +25,6 @@ __all__ = [
     "group_stats_reference",
     "euler_step",
     "euler_step_reference",
-    "exact_y_scale",
     "training_input",
     "training_input_reference",
     "weighted_velocity_loss",

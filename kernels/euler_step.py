@@ -12,7 +12,7 @@ schedule instead,
 
     y <- y * sigma_y(t_next) / sigma_y(t)                                                   (2c)
 
-(:func:`exact_y_scale` computes the factor from the reference Schedule). The ``x_only`` control has
+(the factor is the reference's ``Schedule.y_exact_scale``). The ``x_only`` control has
 no y: v has C channels and only (2a) runs.
 
 x and y are fp32 state; v is in the network dtype (fp32, bf16 or fp16). One kernel reads x, y, v
@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from ..reference.sampler import euler_update
 from ._runtime import (
     as_dense_4d,
     cdiv,
@@ -133,16 +134,6 @@ def _launch(x, y, v, dt, y_scale, x_out, y_out, next_input) -> None:
     record_launch("euler_step")
 
 
-def _reference_update(x, y, v, dt, y_scale):
-    """Equations (2a)-(2c) in fp32 torch ops; returns new (x, y) tensors (y None without y)."""
-    C = x.shape[1]
-    x_new = x - dt * v[:, :C].float()
-    if y is None:
-        return x_new, None
-    y_new = y * y_scale if y_scale is not None else y - dt * v[:, C:].float()
-    return x_new, y_new
-
-
 def _run_into(x, y, v, dt, y_scale, x_out, y_out, next_input) -> None:
     """Body of both registered ops: the kernel when it can run here, else the twin."""
     if x.numel() == 0:
@@ -156,7 +147,7 @@ def _run_into(x, y, v, dt, y_scale, x_out, y_out, next_input) -> None:
         with on_device_of(x):
             _launch(x, y, v, dt, y_scale, x_out, y_out, next_input)
         return
-    x_new, y_new = _reference_update(x, y, v, dt, y_scale)
+    x_new, y_new = euler_update(x, y, v, dt, y_scale)  # (2a)-(2c), the reference sampler's update
     x_out.copy_(x_new)
     if y is not None:
         y_out.copy_(y_new)
@@ -255,7 +246,7 @@ def euler_step_reference(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Pure-torch twin of :func:`euler_step` (equations (2a)-(2c) in fp32); CPU path and oracle."""
     _validate(x, y, v, dt, inplace, next_input, y_scale)
-    x_new, y_new = _reference_update(x, y, v, dt, y_scale)
+    x_new, y_new = euler_update(x, y, v, dt, y_scale)  # (2a)-(2c), the reference sampler's update
     if inplace:
         x_new = x.copy_(x_new)
         y_new = y.copy_(y_new) if y is not None else None
@@ -282,7 +273,7 @@ def euler_step(
         next_input: optional (N, 2C, H, W) tensor, any supported dtype, contiguous or channels-last,
             that also receives the new [x; y] cast to its dtype: the next network input.
         y_scale: the named option (2c): y <- y * y_scale, with y_scale =
-            sigma_y(t_next) / sigma_y(t) from :func:`exact_y_scale`; v's y half is then unused.
+            ``Schedule.y_exact_scale(t, t_next)`` = sigma_y(t_next) / sigma_y(t); v's y half is then unused.
 
     Returns:
         (x_new, y_new): x and y themselves when ``inplace``; y_new is None without y. Each keeps
@@ -304,13 +295,3 @@ def euler_step(
         x_out, y_out = empty_like_layout(x), (empty_like_layout(y) if y is not None else None)
     torch.ops.resflow_fast.euler_step_out(x, y, v, dt, y_scale, x_out, y_out, next_input)
     return x_out, y_out
-
-
-def exact_y_scale(schedule, t: float, t_next: float) -> float:
-    """The factor of the exact y update (2c), ``sigma_y(t_next) / sigma_y(t)``, taken from the
-    reference ``Schedule.y_exact_step`` (so it raises where that does, e.g. sigma_y(t) = 0)."""
-    if not schedule.has_auxiliary:
-        raise ValueError(f"schedule {schedule.name!r} has no auxiliary variable y")
-    # y_exact_step is y * (ratio); with y = 1.0 it is the ratio itself, in Python floats (no tensor,
-    # so torch.compile folds it to a constant)
-    return float(schedule.y_exact_step(1.0, float(t), float(t_next)))

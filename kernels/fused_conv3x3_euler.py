@@ -226,7 +226,7 @@ def fused_conv3x3_euler(
         x: (N, C, H, W) fp32 state, channels-last; updated in place.
         y: (N, C, H, W) fp32 auxiliary state, channels-last, updated in place; None for x-only.
         dt: the step t_k - t_{k+1} (a runtime float, never recompiles).
-        y_scale: sigma_y(t_next) / sigma_y(t) (:func:`exact_y_scale`) to move y exactly instead.
+        y_scale: sigma_y(t_next) / sigma_y(t) (``Schedule.y_exact_scale``) to move y exactly instead.
         next_input: optional (N, C_out, H, W) channels-last tensor of any float dtype that receives
             the new [x; y]: the next network input. h may not share memory with it or the state.
 

@@ -9,8 +9,8 @@ Two things are saved:
   ``model.*`` and ``ema.*``), ``train_state.pt`` (optimizer and RNG states) and ``record.json``
   (the same record, for people to read).
 
-Everything is written to a temporary name in the destination folder, fsynced and renamed, so a
-crash leaves either the old file or the new one, never half of one; the last ``keep_last``
+Everything is written atomically (:mod:`.system`: a temporary name in the destination folder,
+fsynced and renamed), so a crash leaves either the old file or the new one, never half of one; the last ``keep_last``
 training checkpoints are kept.
 """
 from __future__ import annotations
@@ -19,9 +19,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -29,6 +27,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from .schedule import Schedule
+from .system import atomic_write_bytes, atomic_write_dir
 from .unet import UNet, UNetConfig
 
 FORMAT = "resflow-fast"
@@ -41,91 +40,6 @@ _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, from another version or for another architecture."""
-
-
-# ----------------------------------------------------------------------------------------------
-# atomic writes
-# ----------------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _stage(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a synced temp file beside ``path``, with the permissions a plain
-    ``open(path, "wb")`` would give (mkstemp's are 0600); the caller renames or removes it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename."""
-    atomic_write_files({path: data})
-
-
-def atomic_write_files(files: dict[str | os.PathLike, bytes]) -> None:
-    """Write several files as a set: every one is staged (written and synced to a temp file beside
-    it) before any is renamed into place, so a failure while writing (a full disk, a missing
-    permission) leaves all the old files as they were and no temp file behind. Only the renames,
-    which do not fail for space, remain between the first file and the last."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, data in files.items():
-            path = Path(path)
-            staged.append((_stage(path, data), path))
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for parent in {path.parent for _, path in staged}:
-        _fsync_dir(parent)
-
-
-def atomic_write_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:
-    """Create folder ``path`` atomically: ``fill`` writes into a temp folder that is then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would make it (mkdtemp's are 0700)
-        fill(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        if path.exists():  # re-saving the same step: replace the old folder only once the new one is complete
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------------------------

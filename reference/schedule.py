@@ -152,12 +152,16 @@ class Schedule:
             return vx
         return torch.cat([vx, expand_time(self.sigma_y_derivative(t), eps) * eps], dim=1)
 
-    def y_exact_step(self, y: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
-        """Move y exactly along the schedule, ``y <- y * sigma_y(t_next) / sigma_y(t)`` [choice]."""
+    def y_exact_scale(self, t: float, t_next: float) -> float:
+        """The factor ``sigma_y(t_next) / sigma_y(t)`` that moves y exactly along the schedule [choice]."""
         s = self.sigma_y(t)
         if s == 0:
             raise ValueError(f"schedule {self.name!r} has sigma_y({t}) = 0; cannot rescale y exactly")
-        return y * (self.sigma_y(t_next) / s)
+        return self.sigma_y(t_next) / s
+
+    def y_exact_step(self, y: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+        """Move y exactly along the schedule, ``y <- y * sigma_y(t_next) / sigma_y(t)`` [choice]."""
+        return y * self.y_exact_scale(t, t_next)
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "beta": self.beta, "gamma": self.gamma}

@@ -26,13 +26,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import (CheckpointError, atomic_write_bytes, latest_checkpoint, list_checkpoints, load_model,
+from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_model,
                          load_state_strict, load_training_checkpoint, save_training_checkpoint)
 from .data import build_dataset, validation_set
 from .losses import velocity_matching_loss
 from .metrics import psnr
 from .sampler import euler_sample
 from .schedule import Schedule
+from .system import atomic_write_bytes, pick_device
 from .unet import UNet, count_parameters, preset_config
 
 RECORD_VERSION = 1
@@ -106,24 +107,6 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------
 def _world() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device; index-less cuda is this process's GPU."""
-    if requested == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} requested but CUDA is not available")
-        if device.index is None:  # under torchrun each process takes its own GPU
-            device = torch.device(f"cuda:{local_rank}")
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {requested!r}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
 
 
 def _package_version() -> str:

@@ -11,6 +11,6 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
     __version__ = "0.0.0+unknown"
 
 from .imageio import DeepImage, ResflowInputError
-from .restore import MemoryBudgetError, Restorer, RestoreError, restore
+from .restorer import MemoryBudgetError, Restorer, RestoreError, restore
 
 __all__ = ["__version__", "restore", "Restorer", "RestoreError", "MemoryBudgetError", "ResflowInputError", "DeepImage"]

@@ -25,10 +25,10 @@ class UsageError(ValueError):
 # helpers shared by the commands
 # ----------------------------------------------------------------------------------------------
 def _device(name: str) -> torch.device:
-    """--device as the trainer resolves it (one rule for every command; bad names are ValueErrors)."""
-    from .reference.train import pick_device
+    """--device by the package's one device rule (bad names are ValueErrors)."""
+    from .reference.system import pick_device
 
-    return pick_device(name, int(os.environ.get("LOCAL_RANK", 0)))
+    return pick_device(name)
 
 
 #: File endings `resflow restore` picks up in folders (explicitly named files may have any ending).
@@ -161,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # from the checkpoint's record, so `resflow train --out-dir RUN --resume` is enough.
     base = _resumed_config(args) if args.resume is not None else {}
     config = TrainConfig(**{**base, **overrides})
-    from .training import trainer_hooks
+    from .training_hooks import trainer_hooks
 
     device = _device(config.device)
     result = train(config, resume=args.resume if args.resume is not None else False, progress=not args.quiet,
@@ -216,8 +216,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .imageio import save_image
-    from .models import ModelNotInstalledError
-    from .restore import Restorer, RestoreError
+    from .embedded_models import ModelNotInstalledError
+    from .restorer import Restorer, RestoreError
 
     try:
         restorer = Restorer(args.model, device=args.device, dtype=args.dtype, tile=args.tile, overlap=args.overlap,
@@ -300,7 +300,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .imageio import save_image
     from .reference.checkpoint import load_model
     from .reference.data import build_dataset, from_model_range, validation_set
-    from .restore import restore
+    from .restorer import restore
     from .reference.metrics import psnr
     from .reference.train import TrainConfig, train
 
@@ -335,7 +335,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .reference.schedule import SCHEDULES
     from .reference.unet import PRESETS
-    from .restore import DEFAULT_OVERLAP, DEFAULT_TILE
+    from .restorer import DEFAULT_OVERLAP, DEFAULT_TILE
 
     parser = argparse.ArgumentParser(prog="resflow", description="ResFlow image restoration")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or (quoted) glob patterns")
     r.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (created if needed), or a file name for a single input file")
-    from .models import EMBEDDED_MODELS
+    from .embedded_models import EMBEDDED_MODELS
 
     r.add_argument("--model", default="default",
                    help=f"embedded model ({', '.join(EMBEDDED_MODELS)}: docs/MODEL_CARD.md), weights file, "

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from .reference.checkpoint import atomic_write_bytes
+from .reference.system import atomic_write_bytes
 
 POLICIES = ("off", "on", "auto")
 #: Environment variable that picks the policy when none is passed explicitly.
@@ -170,7 +170,7 @@ class ConvDispatch:
     The disk cache: ``$RESFLOW_CACHE/conv_dispatch.json`` (``$RESFLOW_CACHE`` defaults to
     ``~/.cache/resflow_fast``, the folder :mod:`resflow_fast.evaluate` uses), or the ``cache_path``
     given. It is read once per :class:`ConvDispatch` (on the first "auto" miss) and rewritten
-    atomically (``reference.checkpoint.atomic_write_bytes``) after each new measurement, merged with
+    atomically (``reference.system.atomic_write_bytes``) after each new measurement, merged with
     what is on disk then, so concurrent processes lose at most each other's newest entries. A cache
     that cannot be read or parsed is ignored with a warning, and one that cannot be written only
     costs a warning: the dispatcher never fails a forward over its cache. A measurement that raises

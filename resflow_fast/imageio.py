@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .reference.checkpoint import atomic_write_bytes
+from .reference.system import atomic_write_bytes
 
 __all__ = ["ResflowInputError", "Layout", "DeepImage", "open_image", "read_image", "save_image", "split_image",
            "output_format"]

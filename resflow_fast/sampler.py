@@ -1,15 +1,13 @@
-"""``ResFlowSampler``: the 4-step (any N) ResFlow sampler over the fast U-Net and the fused Euler step.
+"""``ResFlowSampler``: the ResFlow sampler over the fast U-Net and the fused Euler step.
 
-Same algorithm, same arguments and same results (up to the activation dtype) as the reference
-:func:`resflow_fast.reference.sampler.euler_sample`:
-
-    x = LQ, y = sigma_y(1) * eps;   z <- z - (1/N) * v_theta(z, t_k),  t_k = 1 - k/N
-
-but on a GPU each step is one fast U-Net forward (bf16, channels-last, fused norms) plus one
-fused :func:`euler_step` that updates the fp32 state x, y and writes the next bf16 network input
-in the same pass (:meth:`FastUNet.step`; with fused convs on, the output conv itself takes that
-step in its epilogue, :func:`fused_conv3x3_euler`). Optionally the whole N-step restore is
-captured as one CUDA graph per input shape, replayed without launching its kernels one by one.
+Same algorithm, arguments and results (up to the activation dtype) as the reference
+:func:`resflow_fast.reference.sampler.euler_sample`, and the same loop: the reference
+:func:`~resflow_fast.reference.sampler.sample_euler` over the same grid and steps, with a step of
+its own. On a GPU each step is one fast U-Net forward (bf16, channels-last, fused norms) whose
+output goes through the fused Euler update, which moves the fp32 state x, y in place and writes the
+next bf16 network input in the same pass (:meth:`FastUNet.step`; with fused convs on, the output
+conv takes that step in its epilogue, :func:`fused_conv3x3_euler`). Optionally the whole restore
+is captured as one CUDA graph per input shape, replayed without launching its kernels one by one.
 
 On the CPU it falls back to the reference sampler (the same results, in fp32), so it is a
 drop-in for validation inside any training loop.
@@ -22,8 +20,7 @@ import torch
 
 from .conv_dispatch import ConvDispatch
 from .fast_unet import FastUNet
-from .kernels.euler_step import exact_y_scale
-from .reference.sampler import Y_MODES, auxiliary_noise, euler_sample
+from .reference.sampler import Y_MODES, EulerStep, State, auxiliary_noise, euler_sample, sample_euler, start_state
 from .reference.schedule import Schedule, time_grid
 from .reference.unet import UNet, crop_to, pad_to_multiple
 
@@ -140,26 +137,26 @@ class ResFlowSampler:
         net = self._nets.get(dtype)
         if net is None:
             net = self._nets[dtype] = FastUNet(self.model, dtype, fused_conv=self.conv_dispatch)
-        C = lq.shape[1]
         # The fp32 state is kept channels-last like v and the network input: the fused Euler step
         # then streams all of them in one index order (a state in another layout than the
-        # network's tensors would make one side's accesses strided).
+        # network's tensors would make one side's accesses strided). It is updated in place, so x
+        # is a copy (lq.float() may be the caller's own tensor).
         cl = torch.channels_last
-        if self.schedule.has_auxiliary:
-            z, size = pad_to_multiple(torch.cat([lq, self.schedule.y_t(eps, self.grid[0])], dim=1), net.multiple)
-            x, y = z[:, :C].contiguous(memory_format=cl), z[:, C:].contiguous(memory_format=cl)
-        else:
-            z, size = pad_to_multiple(lq, net.multiple)
-            x, y = z.clone(memory_format=cl), None  # without padding z is the caller's own tensor
+        x, y = start_state(lq, eps, self.schedule, self.grid[0])
+        x, size = pad_to_multiple(x, net.multiple)
+        x = x.clone(memory_format=cl)
+        y = pad_to_multiple(y, net.multiple)[0].contiguous(memory_format=cl) if y is not None else None
         conditioning = net.prepare(self._times(lq.device), lq.shape[0])
-        # the network input, rewritten by every Euler step (a copy: z may be the caller's tensor)
-        z_in = z.to(dtype=dtype, memory_format=cl, copy=True)
-        for k in range(self.steps):
-            t, t_next = self.grid[k], self.grid[k + 1]
-            y_scale = exact_y_scale(self.schedule, t, t_next) if (y is not None and self.y_mode == "exact") else None
+        # the network input, rewritten by every Euler step: a tensor of its own, never the state
+        z_in = (torch.cat([x, y], dim=1) if y is not None else x.clone()).to(dtype=dtype, memory_format=cl)
+
+        def fused_step(state: State, s: EulerStep) -> State:
             # v = U-Net(z_in), then x, y move in place and z_in becomes the next input (the output
             # conv and this update are one kernel where the fused-conv dispatch says so)
-            net.step(z_in, conditioning[k], x, y, t - t_next, y_scale)
+            net.step(z_in, conditioning[s.index], *state, s.dt, s.y_scale)
+            return state
+
+        x, _ = sample_euler(None, (x, y), self.grid, schedule=self.schedule, y_mode=self.y_mode, step=fused_step)
         x = crop_to(x, size)
         return (x.clamp(-1.0, 1.0) if clamp else x).contiguous()
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..baselines import BASELINES
-from ..reference.checkpoint import atomic_write_files
+from ..reference.system import atomic_write_files
 from .degradations import DEGRADATIONS
 from .images import IMAGE_SETS, EvalError, heldout_images
 from .report import REGENERATE_COMMAND, figure_rows, goals, render_figure, render_json, render_markdown, summarise

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..package_files import PackageFileError, checked_copy, debian_package_root, sha256_of
-from ..reference.checkpoint import atomic_write_bytes
+from ..reference.system import atomic_write_bytes
 
 __all__ = ["CROP", "DEBIAN_PHOTOS", "DEBIAN_SHORT_SIDE", "EvalError", "EvalImage", "IMAGE_SETS", "KODAK_FILES",
            "KODAK_MEMBER", "PYIQA_WHEEL", "PYIQA_WHEEL_SHA256", "SKIMAGE_CROPS", "cache_dir", "debian_dir",

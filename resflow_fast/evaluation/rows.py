@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..baselines import BASELINES, run_baseline
-from ..models import EMBEDDED_MODELS, embedded_model_path
+from ..embedded_models import EMBEDDED_MODELS, embedded_model_path
 from ..reference.checkpoint import resolve_weights_path
 from ..reference.metrics import psnr, ssim
 from ..reference.sampler import SamplingSettings
@@ -110,7 +110,7 @@ def _resflow_row(name: str | None, group: str, model: str, sampling: SamplingSet
                  dtype: str) -> Row:
     """A ResFlow row: ``sampling`` None runs the model's recorded settings, and ``name`` None
     names the row after them."""
-    from ..restore import Restorer
+    from ..restorer import Restorer
 
     restorer = Restorer(model, device=device, dtype=dtype, tile=None, sampling=sampling)
     if name is None:

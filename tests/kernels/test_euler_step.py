@@ -4,7 +4,7 @@ import importlib
 import pytest
 import torch
 
-from resflow_fast.kernels import _runtime, euler_step, euler_step_reference, exact_y_scale
+from resflow_fast.kernels import _runtime, euler_step, euler_step_reference
 from resflow_fast.reference.schedule import Schedule
 
 euler_module = importlib.import_module("resflow_fast.kernels.euler_step")
@@ -95,7 +95,7 @@ def test_exact_y_option_follows_the_schedule(schedule_name, tol):
     x, y, v = state((1, 3, 6, 5), LAYOUTS[2].values[0])
     v[:, 3:] = float("nan")
     next_input = nan_tensor((1, 6, 6, 5), "channels_last")
-    scale = exact_y_scale(schedule, 0.75, 0.5)
+    scale = schedule.y_exact_scale(0.75, 0.5)
     x_new, y_new = euler_step(x, y, v, 0.25, y_scale=scale, next_input=next_input)
     torch.testing.assert_close(y_new, schedule.y_exact_step(y, 0.75, 0.5), **tol(torch.float32))
     torch.testing.assert_close(x_new, x - 0.25 * v[:, :3], **tol(torch.float32))
@@ -133,7 +133,7 @@ def test_triton_path_runs_not_the_twin(monkeypatch, kernel_device):
     def twin_must_not_run(*args, **kwargs):
         raise AssertionError("the pure-torch twin ran instead of the Triton kernel")
 
-    monkeypatch.setattr(euler_module, "_reference_update", twin_must_not_run)
+    monkeypatch.setattr(euler_module, "euler_update", twin_must_not_run)
     x, y, v = state((1, 3, 3, 5), LAYOUTS[0].values[0], device=kernel_device)
     before = _runtime.launch_counts["euler_step"]
     euler_step(x, y, v, 0.25)
@@ -161,7 +161,7 @@ def test_torch_compile_traces_a_sampler_loop_without_graph_break(tol, kernel_dev
 
     def two_steps(x, y, v, next_input):
         x, y = euler_step(x, y, v, 0.25, next_input=next_input)
-        return euler_step(x, y, next_input, 0.25, inplace=True, y_scale=exact_y_scale(schedule, 0.75, 0.5))
+        return euler_step(x, y, next_input, 0.25, inplace=True, y_scale=schedule.y_exact_scale(0.75, 0.5))
 
     compiled = torch.compile(two_steps, backend="aot_eager", fullgraph=True)
     expected = two_steps(x.clone(), y.clone(), v, next_input.clone())
@@ -171,7 +171,7 @@ def test_torch_compile_traces_a_sampler_loop_without_graph_break(tol, kernel_dev
 
 
 # ------------------------------------------------------------------------------------------------
-# switches, exact-y helper and validation
+# switches and validation
 # ------------------------------------------------------------------------------------------------
 def test_disable_switch_runs_the_twin(monkeypatch, tol):
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
@@ -183,16 +183,6 @@ def test_disable_switch_runs_the_twin(monkeypatch, tol):
     x_ref, y_ref = euler_step_reference(x, y, v, 0.25)
     torch.testing.assert_close(x_new, x_ref, **tol(torch.float32))
     torch.testing.assert_close(next_input, torch.cat([x_ref, y_ref], 1), **tol(torch.float32))
-
-
-def test_exact_y_scale_comes_from_the_reference():
-    schedule = Schedule()
-    assert exact_y_scale(schedule, 1.0, 0.75) == pytest.approx(schedule.sigma_y(0.75) / schedule.sigma_y(1.0))
-    assert exact_y_scale(Schedule("constant"), 0.5, 0.25) == 1.0
-    with pytest.raises(ValueError, match="sigma_y"):  # linear: sigma_y(0) = 0, from y_exact_step
-        exact_y_scale(Schedule("linear"), 0.0, 0.0)
-    with pytest.raises(ValueError, match="no auxiliary"):
-        exact_y_scale(Schedule("x_only"), 1.0, 0.75)
 
 
 def test_autograd_goes_through_the_twin():

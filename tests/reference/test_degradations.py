@@ -22,10 +22,6 @@ def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10.0 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
-
-
 @pytest.fixture(scope="module")
 def clean() -> np.ndarray:
     # Non-square on purpose (rows != columns catches transposed H/W).
@@ -114,8 +110,8 @@ def test_noise_is_clipped():
     assert out.min() == 0.0 and out.max() <= 1.0
 
 
-def test_jpeg_low_quality_is_worse_than_high_quality(clean):
-    assert psnr(jpeg(clean, rng(), 10), clean) < psnr(jpeg(clean, rng(), 90), clean) - 3.0
+def test_jpeg_low_quality_is_worse_than_high_quality(psnr01, clean):
+    assert psnr01(jpeg(clean, rng(), 10), clean) < psnr01(jpeg(clean, rng(), 90), clean) - 3.0
 
 
 def test_haze_moves_the_image_toward_the_airlight():

@@ -2,18 +2,14 @@
 import pytest
 import torch
 
-from resflow_fast.reference.sampler import PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample
-from resflow_fast.reference.schedule import Schedule
-from resflow_fast.reference.unet import build_unet
+from resflow_fast.reference.sampler import (PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample,
+                                            euler_steps, euler_update, sample_euler)
+from resflow_fast.reference.schedule import Schedule, time_grid
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = build_unet("test").eval()
-    for p in m.parameters():  # a non-trivial velocity field (fresh output convs are zero)
-        torch.nn.init.normal_(p, std=0.05)
-    return m
+def model(random_unet):
+    return random_unet()
 
 
 def test_deterministic_for_a_seed_and_different_for_another(model):
@@ -92,7 +88,7 @@ def test_exact_y_mode_moves_y_along_the_schedule():
 def test_x_only_schedule_runs_without_y():
     field = ConstantVelocity(0.1, 0.0)
     out = euler_sample(field, torch.zeros(2, 3, 3, 3), steps=2, schedule=Schedule("x_only"))
-    assert out.shape == (2, 3, 3, 3)
+    assert torch.allclose(out, torch.full((2, 3, 3, 3), -0.1), atol=1e-6)  # x alone moved by its velocity
 
 
 def test_noise_is_seeded_on_cpu():
@@ -110,3 +106,40 @@ def test_bad_arguments(model):
         euler_sample(model, lq[0])
     with pytest.raises(ValueError, match="eps has shape"):
         euler_sample(model, lq, eps=torch.zeros(1, 3, 4, 4))
+
+
+def test_euler_steps_cover_the_grid_and_scale_y_only_in_exact_mode():
+    grid = [1.0, 0.5, 0.125, 0.0]
+    s = Schedule()
+    joint, exact = euler_steps(grid, s, "joint"), euler_steps(grid, s, "exact")
+    assert [(e.index, e.t, e.t_next) for e in exact] == [(0, 1.0, 0.5), (1, 0.5, 0.125), (2, 0.125, 0.0)]
+    assert sum(e.dt for e in joint) == 1.0
+    assert all(e.y_scale is None for e in joint)
+    assert [e.y_scale for e in exact] == [s.y_exact_scale(t, u) for t, u in zip(grid[:-1], grid[1:])]
+    assert all(e.y_scale is None for e in euler_steps(grid, Schedule("x_only"), "exact"))  # no y to scale
+    with pytest.raises(ValueError, match="unknown y_mode"):
+        euler_steps(grid, s, "sde")
+
+
+def test_euler_update_moves_x_and_y_by_their_halves_of_v_or_y_by_its_scale():
+    x, y = torch.ones(1, 2, 1, 1), torch.full((1, 2, 1, 1), 4.0)
+    v = torch.tensor([1.0, 2.0, 3.0, 5.0]).view(1, 4, 1, 1).to(torch.bfloat16)
+    x_new, y_new = euler_update(x, y, v, 0.5)
+    assert x_new.dtype == y_new.dtype == torch.float32
+    assert x_new.flatten().tolist() == [0.5, 0.0] and y_new.flatten().tolist() == [2.5, 1.5]
+    assert euler_update(x, y, v, 0.5, y_scale=0.25)[1].flatten().tolist() == [1.0, 1.0]
+    assert euler_update(x, None, v[:, :2], 0.5)[1] is None
+
+
+def test_sample_euler_threads_the_state_through_a_callers_step():
+    seen = []
+
+    def step(state, s):  # a fused step of its own, as the fast path has
+        seen.append((s.index, s.dt))
+        return state[0] - s.dt, None
+
+    x, y = sample_euler(None, (torch.zeros(2), None), time_grid(4, 2.0), schedule=Schedule("x_only"), step=step)
+    assert [k for k, _ in seen] == [0, 1, 2, 3] and y is None
+    assert torch.allclose(x, torch.full((2,), -1.0))  # the steps of any grid sum to 1
+    with pytest.raises(ValueError, match="needs a velocity function or a step"):
+        sample_euler(None, (torch.zeros(2), None), time_grid(4))

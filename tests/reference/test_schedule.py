@@ -86,6 +86,16 @@ def test_exact_y_step_follows_the_schedule():
     assert torch.allclose(s.y_exact_step(y, 1.0, 0.75), s.y_t(torch.ones(3), 0.75))
 
 
+def test_exact_y_scale_is_the_ratio_of_sigma_y():
+    schedule = Schedule()
+    assert schedule.y_exact_scale(1.0, 0.75) == pytest.approx(schedule.sigma_y(0.75) / schedule.sigma_y(1.0))
+    assert Schedule("constant").y_exact_scale(0.5, 0.25) == 1.0
+    with pytest.raises(ValueError, match="sigma_y"):  # linear: sigma_y(0) = 0
+        Schedule("linear").y_exact_scale(0.0, 0.0)
+    with pytest.raises(ValueError, match="no auxiliary"):
+        Schedule("x_only").y_exact_scale(1.0, 0.75)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="cosine"), "unknown schedule 'cosine'"),
     (dict(beta=0.0), "beta must be a positive"),

@@ -23,8 +23,13 @@ def run_dir(tmp_path_factory):
 
 
 def test_train_writes_a_checkpoint(run_dir, capsys):
-    assert (run_dir / "step-00000002" / "weights.safetensors").is_file()
-    assert (run_dir / "history.json").is_file()
+    import json
+
+    from resflow_fast.reference.checkpoint import load_model
+
+    _, _, record = load_model(run_dir / "step-00000002")
+    assert record["step"] == 2 and record["train"]["preset"] == "test"
+    assert json.loads((run_dir / "history.json").read_text())[-1]["step"] == 2
 
 
 def test_resume_continues_with_the_recorded_options(run_dir, tmp_path, capsys):

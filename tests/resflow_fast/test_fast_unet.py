@@ -15,15 +15,8 @@ from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import GroupNorm32, ResBlock, UNet, crop_to, pad_to_multiple, preset_config
 from resflow_fast.sampler import ResFlowSampler
 
-
-def small_attention_unet(seed=0):
-    """Two levels, attention at 1/2 and in the middle, random weights everywhere (the reference
-    zero-initialises output convs, which would hide most of the network from the comparison)."""
-    torch.manual_seed(seed)
-    model = UNet(preset_config("test", channel_mult=(1, 2), attention_downsample=(2,), middle_attention=True))
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    return model.eval()
+#: Two levels, attention at 1/2 and in the middle: every kind of block, in a small network.
+SMALL = dict(channel_mult=(1, 2), attention_downsample=(2,), middle_attention=True)
 
 
 def fast_forward(model, z, t):
@@ -32,9 +25,9 @@ def fast_forward(model, z, t):
     return net(z, cond[0])
 
 
-def test_matches_reference_with_pure_torch_twins(monkeypatch):
+def test_matches_reference_with_pure_torch_twins(random_unet, monkeypatch):
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
-    model = small_attention_unet()
+    model = random_unet(**SMALL)
     z = torch.randn(2, 6, 10, 14)
     with torch.no_grad():
         expected = model(z, torch.full((2,), 0.7))
@@ -43,11 +36,11 @@ def test_matches_reference_with_pure_torch_twins(monkeypatch):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_matches_reference_with_triton_kernels(monkeypatch):
+def test_matches_reference_with_triton_kernels(random_unet, monkeypatch):
     if not (_runtime.triton_available() and _runtime.interpreter_enabled()):
         pytest.skip("needs Triton with TRITON_INTERPRET=1 to run the kernels on CPU tensors")
     monkeypatch.delenv("RESFLOW_DISABLE_TRITON", raising=False)
-    model = small_attention_unet(1)
+    model = random_unet(seed=1, **SMALL)
     z = torch.randn(1, 6, 6, 10)
     before = sum(_runtime.launch_counts.values())
     got = fast_forward(model, z, 0.3)
@@ -56,22 +49,22 @@ def test_matches_reference_with_triton_kernels(monkeypatch):
         torch.testing.assert_close(got, model(z, torch.tensor([0.3])), atol=1e-5, rtol=1e-5)
 
 
-def test_refuses_unpadded_input(monkeypatch):
+def test_refuses_unpadded_input(random_unet, monkeypatch):
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
-    model = small_attention_unet()
+    model = random_unet(**SMALL)
     with pytest.raises(ValueError, match="not padded to a multiple of 2"):
         fast_forward(model, torch.randn(1, 6, 5, 6), 0.5)
 
 
-def test_refuses_unknown_dtype():
+def test_refuses_unknown_dtype(random_unet):
     with pytest.raises(ValueError, match="dtype must be"):
-        FastUNet(small_attention_unet(), torch.int8)
+        FastUNet(random_unet(**SMALL), torch.int8)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_reduced_precision_forward_on_cuda(dtype):
-    model = small_attention_unet().cuda()
+def test_reduced_precision_forward_on_cuda(random_unet, dtype):
+    model = random_unet(**SMALL).cuda()
     z = torch.randn(2, 6, 64, 96, device="cuda")
     with torch.no_grad():
         expected = model(z, torch.full((2,), 0.5, device="cuda"))
@@ -272,9 +265,9 @@ def test_chained_statistics_use_the_next_norms_groups_and_eps(monkeypatch, no_po
 
 
 @pytest.mark.parametrize("policy", [None, "off", "auto"])
-def test_off_and_cpu_auto_never_fuse_and_are_bit_identical(monkeypatch, no_policy_env, fused_calls, policy):
+def test_off_and_cpu_auto_never_fuse_and_are_bit_identical(random_unet, monkeypatch, no_policy_env, fused_calls, policy):
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
-    model = small_attention_unet()
+    model = random_unet(**SMALL)
     z = torch.randn(1, 6, 8, 12)
     net = FastUNet(model, torch.float32, fused_conv=policy)
     cond = net.prepare(torch.tensor([0.4]), 1)
@@ -283,9 +276,9 @@ def test_off_and_cpu_auto_never_fuse_and_are_bit_identical(monkeypatch, no_polic
     assert fused_calls == [] and net.dispatch.measurements == 0
 
 
-def test_env_picks_the_policy_and_an_argument_wins(monkeypatch):
+def test_env_picks_the_policy_and_an_argument_wins(random_unet, monkeypatch):
     monkeypatch.setenv("RESFLOW_FUSED_CONV", "on")
-    model = small_attention_unet()
+    model = random_unet(**SMALL)
     assert FastUNet(model, torch.float32).dispatch.policy == "on"
     assert FastUNet(model, torch.float32, fused_conv="off").dispatch.policy == "off"
     assert ResFlowSampler(model, fast=True).conv_dispatch.policy == "on"
@@ -423,12 +416,12 @@ def test_fused_conv_bf16_parity_and_determinism_on_cuda(tmp_path, monkeypatch, n
     assert dispatch.measurements == measured
 
 
-def test_weights_are_cast_once_and_again_only_where_they_change(monkeypatch, no_policy_env):
+def test_weights_are_cast_once_and_again_only_where_they_change(random_unet, monkeypatch, no_policy_env):
     """FastUNet keeps each conv's cast and packed weights and fp32 biases across calls while its
     parameters are unchanged, and makes them again for a conv whose parameters were updated in
     place (as an optimizer step does) or replaced: the output always follows the live weights."""
     monkeypatch.setenv("RESFLOW_DISABLE_TRITON", "1")
-    model = small_attention_unet()
+    model = random_unet(**SMALL)
     block = next(m for m in model.modules() if isinstance(m, ResBlock) and not isinstance(m.skip, torch.nn.Identity))
     net = FastUNet(model, torch.float32, fused_conv="on")
     z = torch.randn(1, 6, 8, 8).contiguous(memory_format=torch.channels_last)

@@ -5,18 +5,10 @@ import torch
 from resflow_fast.reference.metrics import psnr
 from resflow_fast.reference.sampler import euler_sample
 from resflow_fast.reference.schedule import Schedule
-from resflow_fast.reference.unet import UNet, preset_config
 from resflow_fast.sampler import ResFlowSampler
 
-
-def random_unet(schedule=Schedule(), seed=0, **overrides):
-    torch.manual_seed(seed)
-    cfg = dict(channel_mult=(1, 2), attention_downsample=(2,), middle_attention=True)
-    cfg.update(overrides)
-    model = UNet(preset_config("test", auxiliary=schedule.has_auxiliary, **cfg))
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    return model.eval()
+#: Two levels, attention at 1/2 and in the middle: every kind of block, in a small network.
+SMALL = dict(channel_mult=(1, 2), attention_downsample=(2,), middle_attention=True)
 
 
 @pytest.fixture
@@ -28,8 +20,8 @@ def twins(monkeypatch):
 @pytest.mark.parametrize("schedule, y_mode", [
     (Schedule(), "joint"), (Schedule(), "exact"), (Schedule("linear"), "joint"), (Schedule("x_only"), "joint"),
 ])
-def test_fast_path_matches_reference(twins, schedule, y_mode):
-    model = random_unet(schedule)
+def test_fast_path_matches_reference(random_unet, twins, schedule, y_mode):
+    model = random_unet(schedule, **SMALL)
     lq = torch.rand(2, 3, 9, 13) * 2 - 1  # odd size: padded once, cropped back
     expected = euler_sample(model, lq, steps=3, seed=4, schedule=schedule, y_mode=y_mode)
     got = ResFlowSampler(model, schedule, steps=3, dtype=torch.float32, y_mode=y_mode, fast=True)(lq, seed=4)
@@ -37,12 +29,12 @@ def test_fast_path_matches_reference(twins, schedule, y_mode):
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
 
 
-def test_fast_path_with_triton_kernels():
+def test_fast_path_with_triton_kernels(random_unet):
     from resflow_fast.kernels import _runtime
 
     if not (_runtime.triton_available() and _runtime.interpreter_enabled()):
         pytest.skip("needs Triton with TRITON_INTERPRET=1")
-    model = random_unet(seed=2)
+    model = random_unet(seed=2, **SMALL)
     lq = torch.rand(1, 3, 5, 7) * 2 - 1
     launched = _runtime.launch_counts["euler_step"]
     got = ResFlowSampler(model, steps=2, dtype=torch.float32, fast=True)(lq, seed=1)
@@ -50,14 +42,14 @@ def test_fast_path_with_triton_kernels():
     torch.testing.assert_close(got, euler_sample(model, lq, steps=2, seed=1), atol=2e-5, rtol=1e-5)
 
 
-def test_cpu_default_is_the_reference_path():
-    model = random_unet()
+def test_cpu_default_is_the_reference_path(random_unet):
+    model = random_unet(**SMALL)
     lq = torch.rand(1, 3, 8, 8) * 2 - 1
     assert torch.equal(ResFlowSampler(model)(lq, seed=7), euler_sample(model, lq, seed=7))
 
 
-def test_uses_the_current_weights_of_a_model_in_training(twins):
-    model = random_unet()
+def test_uses_the_current_weights_of_a_model_in_training(random_unet, twins):
+    model = random_unet(**SMALL)
     sampler = ResFlowSampler(model, steps=2, dtype=torch.float32, fast=True)
     lq = torch.rand(1, 3, 8, 8) * 2 - 1
     before = sampler(lq)
@@ -69,10 +61,10 @@ def test_uses_the_current_weights_of_a_model_in_training(twins):
     torch.testing.assert_close(after, euler_sample(model, lq, steps=2), atol=2e-5, rtol=1e-5)
 
 
-def test_one_fast_unet_is_kept_and_follows_in_place_updates(twins):
+def test_one_fast_unet_is_kept_and_follows_in_place_updates(random_unet, twins):
     """Calls reuse one FastUNet (its cast weights) per dtype; an in-place update of one parameter
     between two calls is still seen, with the fused convs' packed weights too."""
-    model = random_unet()
+    model = random_unet(**SMALL)
     sampler = ResFlowSampler(model, steps=2, dtype=torch.float32, fast=True, fused_conv="on")
     lq = torch.rand(1, 3, 8, 8) * 2 - 1
     before = sampler(lq)
@@ -86,8 +78,8 @@ def test_one_fast_unet_is_kept_and_follows_in_place_updates(twins):
     torch.testing.assert_close(after, euler_sample(model, lq, steps=2), atol=2e-5, rtol=1e-5)
 
 
-def test_bad_input():
-    model = random_unet()
+def test_bad_input(random_unet):
+    model = random_unet(**SMALL)
     sampler = ResFlowSampler(model, fast=True)
     with pytest.raises(ValueError, match=r"lq must be \(B, C, H, W\)"):
         sampler(torch.zeros(3, 8, 8))
@@ -101,9 +93,9 @@ def test_bad_input():
 
 # -- on a GPU --------------------------------------------------------------------------------------
 @pytest.mark.cuda
-def test_bf16_sampler_parity_on_cuda():
+def test_bf16_sampler_parity_on_cuda(random_unet):
     """The fast bf16 restore against the fp32 reference sampler: at least 45 dB on [0, 1] images."""
-    model = random_unet(channel_mult=(1, 2, 2)).cuda()
+    model = random_unet(**dict(SMALL, channel_mult=(1, 2, 2))).cuda()
     for p in model.parameters():  # a gentler field than random_unet's, closer to a trained one
         p.data.mul_(0.5)
     lq = torch.rand(1, 3, 96, 128, device="cuda") * 2 - 1
@@ -113,8 +105,8 @@ def test_bf16_sampler_parity_on_cuda():
 
 
 @pytest.mark.cuda
-def test_cuda_graphs_replay_matches_eager_and_is_deterministic():
-    model = random_unet(channel_mult=(1, 2, 2)).cuda()
+def test_cuda_graphs_replay_matches_eager_and_is_deterministic(random_unet):
+    model = random_unet(**dict(SMALL, channel_mult=(1, 2, 2))).cuda()
     lq_a = torch.rand(1, 3, 40, 56, device="cuda") * 2 - 1
     lq_b = torch.rand(1, 3, 40, 56, device="cuda") * 2 - 1
     graphed = ResFlowSampler(model, cuda_graphs=True)
@@ -129,8 +121,8 @@ def test_cuda_graphs_replay_matches_eager_and_is_deterministic():
     torch.testing.assert_close(graphed(lq_b, seed=5), ResFlowSampler(model)(lq_b, seed=5), atol=1e-6, rtol=0)
 
 
-def test_fast_path_leaves_the_input_alone(twins):
-    model = random_unet(Schedule("x_only"))
+def test_fast_path_leaves_the_input_alone(random_unet, twins):
+    model = random_unet(Schedule("x_only"), **SMALL)
     lq = (torch.rand(1, 3, 8, 8) * 2 - 1).contiguous(memory_format=torch.channels_last)  # no padding needed
     before = lq.clone()
     ResFlowSampler(model, Schedule("x_only"), steps=2, dtype=torch.float32, fast=True)(lq)

@@ -1,11 +1,11 @@
-"""Tests of resflow_fast/restore.py (restore(), Restorer, tiling, precision, out-of-memory retries)
+"""Tests of resflow_fast/restorer.py (restore(), Restorer, tiling, precision, out-of-memory retries)
 and of the `resflow restore` command built on it.
 
 The model is the test-preset U-Net with random weights (std 0.08): it changes a 96x80 image by
 about 26 dB PSNR in 2 steps, so "tiled agrees with untiled" and "the seed decides" are measured
 against a model that really moves the image, not against the identity. Random weights are not a
 trained restorer: the tiling numbers here show the mechanism (per-tile GroupNorm, windows, noise
-slicing), not a trained model's exact agreement (see restore.py's docstring for that).
+slicing), not a trained model's exact agreement (see restorer.py's docstring for that).
 """
 import importlib
 import subprocess
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from resflow_fast import Restorer, RestoreError, restore
-from resflow_fast.restore import MemoryBudgetError, parse_memory
+from resflow_fast.restorer import MemoryBudgetError, parse_memory
 from resflow_fast.cli import main
 
 #: Only a guard against a hung child process: far above what a loaded 2-core machine needs.
@@ -28,31 +28,19 @@ from resflow_fast.reference.degradations import dead_leaves
 from resflow_fast.reference.sampler import PAPER_SAMPLING, SamplingSettings, euler_sample
 from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import build_unet
-from resflow_fast.restore import blend_windows, tile_spans
+from resflow_fast.restorer import blend_windows, tile_spans
 
-# `resflow_fast.restore` is the function; the module holds the knobs the tests turn.
-restore_module = importlib.import_module("resflow_fast.restore")
+# the module (``resflow_fast.restore`` is the function) holds the knobs the tests turn
+restorer_module = importlib.import_module("resflow_fast.restorer")
 
 RNG = np.random.default_rng(0)
 RGB = (RNG.random((9, 7, 3)) * 255).astype(np.uint8)  # 7 wide, 9 high: smaller than any tile or network multiple
 ALPHA = (RNG.random((9, 7)) * 255).astype(np.uint8)
 
 
-def psnr01(a, b) -> float:
-    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
-
-
-def tiny_unet(schedule=Schedule(), std=0.08, seed=0):
-    torch.manual_seed(seed)
-    model = build_unet("test", auxiliary=schedule.has_auxiliary).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=std)  # small random weights: far from the identity, still stable
-    return model
-
-
 @pytest.fixture(scope="module")
-def unet():
-    return tiny_unet()
+def unet(random_unet):
+    return random_unet(std=0.08)
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +121,12 @@ def test_a_model_in_training_is_sampled_in_eval_mode_and_left_training():
     np.testing.assert_array_equal(first, restore(RGB, model=model, steps=1))  # dropout was off
 
 
-def test_a_schedule_without_auxiliary_noise_works():
-    model = tiny_unet(Schedule("x_only"))
+def test_a_schedule_without_auxiliary_noise_works(random_unet):
+    model = random_unet(Schedule("x_only"), std=0.08)
     out = restore(RGB, model=model, schedule=Schedule("x_only"), steps=1)
-    assert out.shape == RGB.shape
+    assert out.shape == RGB.shape and not np.array_equal(out, RGB)  # the model moved the image
+    # without y there is no noise to draw: the seed changes nothing
+    np.testing.assert_array_equal(out, restore(RGB, model=model, schedule=Schedule("x_only"), steps=1, seed=9))
 
 
 def test_a_checkpoint_path_as_model(checkpoint, unet):
@@ -159,7 +149,7 @@ def tiling(unet):
     return results
 
 
-def test_tiled_agrees_with_untiled(tiling):
+def test_tiled_agrees_with_untiled(psnr01, tiling):
     change = psnr01(tiling["untiled"][0], tiling["input"][0])
     agreement = psnr01(tiling["tile48"][0], tiling["untiled"][0])
     assert change < 30  # the model moves the image a lot...
@@ -183,7 +173,7 @@ def test_no_seam_where_tiles_meet(tiling):
     assert _seam_ratio(tiling["tile48"], untiled) < 2.0
 
 
-def test_the_seed_decides_the_result_whatever_the_tiling(tiling):
+def test_the_seed_decides_the_result_whatever_the_tiling(psnr01, tiling):
     same_seed = psnr01(tiling["tile48"][0], tiling["tile64"][0])
     other_seed = psnr01(tiling["seed1"][0], tiling["untiled"][0])
     assert same_seed >= 40 and same_seed > other_seed + 10
@@ -207,20 +197,20 @@ def test_auto_tiles_at_the_default_side_and_smaller_when_the_budget_is_short(une
     restorer = Restorer(unet, steps=1)
     restorer.restore(np.zeros((96, 80, 3), np.uint8))
     assert restorer.last_plan.tiles == 1  # smaller than a default tile: one piece, as before
-    side = restore_module.DEFAULT_TILE
+    side = restorer_module.DEFAULT_TILE
     plan = restorer.plan(3 * side, 2 * side)
     assert plan.tile_side == side and plan.tiles > 6  # larger: tiles of the default side, overlapping
     # A budget that holds the image buffers and a 70 x 70 tile, no more: 64-px tiles on the 8-px grid.
-    image_bytes = restore_module.IMAGE_BYTES_PER_PIXEL * 96 * 80
-    tight = Restorer(unet, steps=1, max_memory=image_bytes + restore_module.tile_memory_bytes(
+    image_bytes = restorer_module.IMAGE_BYTES_PER_PIXEL * 96 * 80
+    tight = Restorer(unet, steps=1, max_memory=image_bytes + restorer_module.tile_memory_bytes(
         unet.config, 70, 70, torch.float32) + restorer.plan(8, 8).weight_bytes)
     tight.restore(np.zeros((96, 80, 3), np.uint8))
     assert tight.last_tile_side == 64 and tight.last_plan.needed_bytes <= tight.last_plan.budget_bytes
 
 
 def test_the_default_budget_comes_from_free_memory(unet, monkeypatch):
-    monkeypatch.setattr(restore_module, "free_memory_bytes", lambda device: 10 << 30)
-    assert Restorer(unet).plan(100, 100).budget_bytes == int((10 << 30) * restore_module.MEMORY_FRACTION)
+    monkeypatch.setattr(restorer_module, "free_memory_bytes", lambda device: 10 << 30)
+    assert Restorer(unet).plan(100, 100).budget_bytes == int((10 << 30) * restorer_module.MEMORY_FRACTION)
     assert Restorer(unet, max_memory="3GB").plan(100, 100).budget_bytes == 3 << 30
 
 
@@ -238,16 +228,16 @@ def test_a_restore_that_cannot_fit_is_refused_before_any_work(unet, monkeypatch)
 
 def test_the_memory_estimate_counts_attention_which_grows_with_the_square_of_the_tile():
     config = build_unet("default").config  # attention at 1/8 and in the middle
-    small, large = (restore_module.attention_bytes(config, side, side) for side in (256, 512))
+    small, large = (restorer_module.attention_bytes(config, side, side) for side in (256, 512))
     assert small > 0 and large == 16 * small  # 4x the pixels: 16x the score matrix
-    assert restore_module.attention_bytes(build_unet("test").config, 512, 512) == 0  # no attention
-    assert restore_module.tile_memory_bytes(config, 512, 512, torch.float32) > large
+    assert restorer_module.attention_bytes(build_unet("test").config, 512, 512) == 0  # no attention
+    assert restorer_module.tile_memory_bytes(config, 512, 512, torch.float32) > large
 
 
 def test_a_12_megapixel_photograph_is_planned_within_4gb_in_tiles_of_fixed_memory():
     restorer = Restorer(build_unet("default").eval(), max_memory="4GB")
     photo, strip = restorer.plan(3000, 4000), restorer.plan(10, 100_000)
-    assert photo.needed_bytes <= 4 << 30 and photo.tile_side == restore_module.DEFAULT_TILE
+    assert photo.needed_bytes <= 4 << 30 and photo.tile_side == restorer_module.DEFAULT_TILE
     assert strip.needed_bytes <= 4 << 30 and strip.tile_bytes <= photo.tile_bytes
     assert restorer.plan(6000, 8000).tile_bytes == photo.tile_bytes  # a tile's memory does not grow with the image
 
@@ -267,9 +257,9 @@ def test_a_bad_memory_size_is_a_clear_error(text):
 # ----------------------------------------------------------------------------------------------
 # the restore path itself adds nothing: padding, tiling, blending and rounding are exact
 # ----------------------------------------------------------------------------------------------
-def _still_unet(bias=0.0):
+def _still_unet(random_unet, bias=0.0):
     """A U-Net whose velocity is a constant (zero by default): the sampler then moves every pixel alike."""
-    model = tiny_unet()
+    model = random_unet(std=0.08)
     torch.nn.init.zeros_(model.out_conv.weight)
     torch.nn.init.constant_(model.out_conv.bias, bias)
     return model
@@ -280,14 +270,14 @@ def _still_unet(bias=0.0):
                                    (np.random.default_rng(5).random((41, 50, 3)) * 255).astype(np.uint8),
                                    (np.random.default_rng(6).random((41, 50)) * 65535).astype(np.uint16)],
                          ids=["white", "flat-grey", "noise-rgb", "noise-grey16"])
-def test_a_model_that_does_not_move_the_image_gives_it_back_exactly(image, tile):
-    out = restore(image, model=_still_unet(), steps=1, tile=tile, overlap=8)  # 41 x 50: 2 x 2 tiles of 32
+def test_a_model_that_does_not_move_the_image_gives_it_back_exactly(random_unet, image, tile):
+    out = restore(image, model=_still_unet(random_unet), steps=1, tile=tile, overlap=8)  # 41 x 50: 2 x 2 tiles of 32
     np.testing.assert_array_equal(out, image)  # no texture from padding, tiles, windows or rounding
 
 
-def test_a_uniform_change_leaves_a_flat_image_flat_across_tiles():
+def test_a_uniform_change_leaves_a_flat_image_flat_across_tiles(random_unet):
     flat = np.full((50, 70, 3), 128, np.uint8)
-    restorer = Restorer(_still_unet(bias=0.05), steps=1, tile=32, overlap=8)
+    restorer = Restorer(_still_unet(random_unet, bias=0.05), steps=1, tile=32, overlap=8)
     out = restorer.restore(flat)
     assert restorer.last_plan.tiles == 6
     assert np.ptp(out) == 0 and out[0, 0, 0] != 128  # moved, and moved alike everywhere
@@ -368,8 +358,8 @@ def _fail_above(restorer, monkeypatch, pixels, error):
     return calls
 
 
-def test_out_of_memory_retries_with_smaller_tiles(unet, monkeypatch):
-    monkeypatch.setattr(restore_module, "MIN_TILE", 16)
+def test_out_of_memory_retries_with_smaller_tiles(psnr01, unet, monkeypatch):
+    monkeypatch.setattr(restorer_module, "MIN_TILE", 16)
     restorer = Restorer(unet, steps=1, tile=None)
     img = np.random.default_rng(2).random((48, 40, 3)).astype(np.float32)
     untiled = restorer.restore(img)
@@ -396,7 +386,7 @@ def test_other_errors_are_not_retried(unet, monkeypatch):
     assert len(calls) == 1
 
 
-def test_reduced_precision_runs_on_the_cpu_and_stays_close(unet):
+def test_reduced_precision_runs_on_the_cpu_and_stays_close(psnr01, unet):
     img = np.random.default_rng(3).random((16, 16, 3)).astype(np.float32)
     fp32 = restore(img, model=unet, steps=1, dtype="fp32")
     assert psnr01(restore(img, model=unet, steps=1, dtype="bf16"), fp32) > 30
@@ -445,21 +435,21 @@ def test_cpu_threads_follow_the_usable_cpus_unless_the_user_chose(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", chosen.append)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setattr(restore_module, "_threads_configured", False)
-    restore_module.configure_cpu_threads()
-    restore_module.configure_cpu_threads()  # once per process
-    assert chosen == [restore_module.usable_cpus()]
+    monkeypatch.setattr(restorer_module, "_threads_configured", False)
+    restorer_module.configure_cpu_threads()
+    restorer_module.configure_cpu_threads()  # once per process
+    assert chosen == [restorer_module.usable_cpus()]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setattr(restore_module, "_threads_configured", False)
-    restore_module.configure_cpu_threads()
-    assert chosen == [restore_module.usable_cpus()]
+    monkeypatch.setattr(restorer_module, "_threads_configured", False)
+    restorer_module.configure_cpu_threads()
+    assert chosen == [restorer_module.usable_cpus()]
 
 
 @pytest.mark.cuda
-def test_on_a_gpu_the_fast_path_agrees_with_the_cpu_reference(unet):
+def test_on_a_gpu_the_fast_path_agrees_with_the_cpu_reference(random_unet, psnr01, unet):
     img = np.random.default_rng(4).random((40, 56, 3)).astype(np.float32)
     cpu = restore(img, model=unet, steps=2, device="cpu")
-    gpu = restore(torch.from_numpy(img).permute(2, 0, 1).cuda(), model=tiny_unet(), steps=2)  # bf16 fast path
+    gpu = restore(torch.from_numpy(img).permute(2, 0, 1).cuda(), model=random_unet(std=0.08), steps=2)  # bf16 fast path
     assert gpu.is_cuda
     assert psnr01(gpu.permute(1, 2, 0).float().cpu().numpy(), cpu) > 35
 
@@ -575,7 +565,7 @@ def test_cli_a_failed_write_keeps_the_previous_output(tmp_path, checkpoint, monk
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, checkpoint, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(importlib.import_module("resflow_fast.models"), "MODELS_DIR", tmp_path / "no-models")
+    monkeypatch.setattr(importlib.import_module("resflow_fast.embedded_models"), "MODELS_DIR", tmp_path / "no-models")
     Image.fromarray(RGB).save(tmp_path / "in.png")
     assert main(["restore", *[a.replace("{ckpt}", str(checkpoint)) for a in args]]) == 2
     err = capsys.readouterr().err

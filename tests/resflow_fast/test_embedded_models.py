@@ -1,4 +1,4 @@
-"""Tests of resflow_fast/models.py: names, checkpoint paths and modules, clear errors, the cache."""
+"""Tests of resflow_fast/embedded_models.py: names, checkpoint paths and modules, clear errors, the cache."""
 import os
 from pathlib import Path
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resflow_fast import models
-from resflow_fast.models import EMBEDDED_MODELS, ModelNotInstalledError, embedded_model_path, resolve_model
+from resflow_fast import embedded_models
+from resflow_fast.embedded_models import EMBEDDED_MODELS, ModelNotInstalledError, embedded_model_path, resolve_model
 from resflow_fast.reference.checkpoint import CheckpointError, save_weights
 from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import build_unet
@@ -23,9 +23,9 @@ def save_model(path, model, schedule=Schedule()):
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    models.clear_cache()
+    embedded_models.clear_cache()
     yield
-    models.clear_cache()
+    embedded_models.clear_cache()
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +59,13 @@ def test_a_module_is_used_in_place_with_the_default_schedule(unet):
 
 
 def test_the_embedded_name_reads_the_packaged_file(tmp_path, monkeypatch, unet):
-    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(embedded_models, "MODELS_DIR", tmp_path)
     save_model(tmp_path / "default.safetensors", unet)
     assert resolve_model("default", CPU).source == "default"
 
 
 def test_a_missing_embedded_model_says_to_pass_a_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(embedded_models, "MODELS_DIR", tmp_path)
     with pytest.raises(ModelNotInstalledError, match="embedded 'default' model is not installed.*pass a checkpoint"):
         resolve_model("default", CPU)
 
@@ -119,40 +119,36 @@ def _example(name):
     return np.asarray(Image.open(EXAMPLES / name), dtype=np.float64) / 255
 
 
-def _psnr(a, clean):
-    return 10 * np.log10(1 / np.mean((a - clean) ** 2))
-
-
 @pytest.mark.parametrize("name", ["default", "denoise"])
-def test_the_shipped_models_denoise_the_example(name):
+def test_the_shipped_models_denoise_the_example(psnr01, name):
     """The embedded weights load, and restore the README's example: 20.7 dB noisy -> 29.7 dB
     (default) measured (docs/MODEL_CARD.md); a corrupt or untrained file would fail this."""
     from resflow_fast import restore
 
     clean, noisy = _example("astronaut-clean.png"), Image.open(EXAMPLES / "astronaut-noisy-sigma25.png")
     restored = np.asarray(restore(noisy, model=name), dtype=np.float64) / 255
-    assert _psnr(restored, clean) - _psnr(np.asarray(noisy, dtype=np.float64) / 255, clean) > 6.0
+    assert psnr01(restored, clean) - psnr01(np.asarray(noisy, dtype=np.float64) / 255, clean) > 6.0
 
 
-def test_the_shipped_denoiser_leaves_a_clean_photograph_nearly_alone():
+def test_the_shipped_denoiser_leaves_a_clean_photograph_nearly_alone(psnr01):
     """A blind denoiser meets images whose noise nobody measured. The clean example comes back at
-    41.5 dB from `denoise` and 35.3 dB from `default` (measured 2026-11-26, docs/MODEL_CARD.md), so
+    41.5 dB from `denoise` and 35.3 dB from `default` (docs/MODEL_CARD.md), so
     this bound tells the two apart."""
     from resflow_fast import restore
 
     clean = _example("astronaut-clean.png")
     restored = np.asarray(restore((clean * 255).round().astype(np.uint8), model="denoise"), dtype=np.float64) / 255
-    assert _psnr(restored, clean) > 39.0
+    assert psnr01(restored, clean) > 39.0
 
 
-def test_the_mix_model_dehazes_the_hazy_example_and_default_does_not():
+def test_the_mix_model_dehazes_the_hazy_example_and_default_does_not(psnr01):
     """`mix` is the model for rain, haze and snow. On examples/astronaut-hazy.png (13.1 dB) it
-    returns 16.8 dB, `default` 13.1 dB (measured 2026-11-26, docs/MODEL_CARD.md)."""
+    returns 16.8 dB, `default` 13.1 dB (docs/MODEL_CARD.md)."""
     from resflow_fast import restore
 
     clean, hazy = _example("astronaut-clean.png"), Image.open(EXAMPLES / "astronaut-hazy.png")
-    before = _psnr(np.asarray(hazy, dtype=np.float64) / 255, clean)
-    by_model = {name: _psnr(np.asarray(restore(hazy, model=name), dtype=np.float64) / 255, clean)
+    before = psnr01(np.asarray(hazy, dtype=np.float64) / 255, clean)
+    by_model = {name: psnr01(np.asarray(restore(hazy, model=name), dtype=np.float64) / 255, clean)
                 for name in ("mix", "default")}
     assert by_model["mix"] - before > 2.5
     assert by_model["mix"] - by_model["default"] > 2.5

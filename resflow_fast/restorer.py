@@ -39,7 +39,7 @@ full image with :func:`~resflow_fast.reference.sampler.auxiliary_noise` and slic
 Untiled, this is exactly the noise the reference sampler draws itself for that seed.
 
 **Sampling settings** (steps, time grid, y update) come from the model's weights file where it
-records them (:attr:`~resflow_fast.models.LoadedModel.sampling`), else the paper's;
+records them (:attr:`~resflow_fast.embedded_models.LoadedModel.sampling`), else the paper's;
 ``sampling="paper"`` asks for the paper's, and ``steps``, ``time_power`` and ``y_mode`` override
 single fields.
 
@@ -71,9 +71,10 @@ from typing import Any, Callable
 import torch
 
 from .imageio import split_image
-from .models import LoadedModel, resolve_model
+from .embedded_models import LoadedModel, resolve_model
 from .reference.sampler import PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample
 from .reference.schedule import Schedule
+from .reference.system import DeviceUnavailableError, UnknownDeviceError, pick_device
 from .reference.unet import UNetConfig
 from .sampler import ResFlowSampler, default_dtype
 
@@ -113,28 +114,8 @@ class MemoryBudgetError(RestoreError):
 
 
 # ----------------------------------------------------------------------------------------------
-# devices, dtypes, threads
+# dtypes, threads
 # ----------------------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device, model: Any = None) -> torch.device:
-    """"auto": a module's own device; else the CUDA device of this torchrun rank, or the current one,
-    or the CPU."""
-    if device in ("auto", None):
-        if isinstance(model, torch.nn.Module):
-            parameter = next(model.parameters(), None)
-            return parameter.device if parameter is not None else torch.device("cpu")
-        if torch.cuda.is_available():
-            local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device: {device!r} is not a device (use 'auto', 'cpu', 'cuda' or 'cuda:N'): {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} asked for, but CUDA is not available on this machine")
-    return resolved
-
-
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if dtype in ("auto", None):
         return default_dtype(device)
@@ -413,7 +394,7 @@ class Restorer:
                  schedule: Schedule | None = None, y_mode: str | None = None, *, time_power: float | None = None,
                  sampling: str | SamplingSettings | None = None, fused_conv: str | None = None,
                  max_memory: int | str | None = None):
-        self.device = resolve_device(device, model)
+        self.device = self._pick_device(device, model)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tile = self._check_tile(tile)
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
@@ -437,6 +418,24 @@ class Restorer:
         self.last_tile_side: int | None = None
         self.last_spans: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None
         self.last_plan: RestorePlan | None = None
+
+    @staticmethod
+    def _pick_device(device: str | torch.device | None, model: Any) -> torch.device:
+        """"auto" keeps a module where it is; everything else is the package's device rule
+        (:func:`~resflow_fast.reference.system.pick_device`), its errors worded as this class's
+        other argument errors (``device: ...``)."""
+        if device in ("auto", None) and isinstance(model, torch.nn.Module):
+            parameter = next(model.parameters(), None)
+            return parameter.device if parameter is not None else torch.device("cpu")
+        try:
+            return pick_device(device)
+        except UnknownDeviceError as error:
+            raise ValueError(f"device: {device!r} is not a device (use 'auto', 'cpu', 'cuda' or 'cuda:N'): "
+                             f"{error.detail}") from None
+        except DeviceUnavailableError:
+            if not torch.cuda.is_available():
+                raise ValueError(f"device: {device!r} asked for, but CUDA is not available on this machine") from None
+            raise ValueError(f"device: {device!r}: this machine has {torch.cuda.device_count()} GPU(s)") from None
 
     @staticmethod
     def _check_tile(tile: int | str | None) -> int | str | None:
