@@ -37,7 +37,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 #: Embedded model names and what they restore.
 EMBEDDED_MODELS: dict[str, str] = {
     "default": "the compact blind model the package ships, trained on Gaussian noise and JPEG (it denoises; "
-               "it does not yet deblock JPEG: docs/MODEL_CARD.md)",
+               "it removes little of JPEG's blocking, about +0.5 dB: docs/MODEL_CARD.md)",
     "denoise": "the default model fine-tuned on Gaussian noise alone (blind, sigma 0-50): about as good as "
                "`default` at sigma 15-50, far better on nearly clean images; not for JPEG (docs/MODEL_CARD.md)",
     "mix": "the default model fine-tuned on the package's synthetic mix (noise, JPEG, rain, haze, snow): the model "
