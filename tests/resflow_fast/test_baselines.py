@@ -20,10 +20,6 @@ def _smooth_and_noisy(sigma, size=48, seed=0):
     return clean_u8, noisy
 
 
-def _psnr(a, b):
-    return 10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-
-
 def _outdoor_and_hazy(size=96, seed=0):
     """Saturated colour blocks with shadows (the dark pixels the prior expects in haze-free
     scenes) under haze of a known strength."""
@@ -36,17 +32,17 @@ def _outdoor_and_hazy(size=96, seed=0):
 
 
 @pytest.mark.parametrize("name", DENOISERS)
-def test_each_available_baseline_denoises(name):
+def test_each_available_baseline_denoises(name, psnr01):
     if not BASELINES[name].available():
         pytest.skip(f"{BASELINES[name].package} is not installed (the optional eval extra)")
     clean, noisy = _smooth_and_noisy(25)
     out = run_baseline(name, noisy, 25)
     assert out.dtype == np.uint8 and out.shape == noisy.shape
-    assert _psnr(out, clean) > _psnr(noisy, clean) + 3, name
+    assert psnr01(out / 255, clean / 255) > psnr01(noisy / 255, clean / 255) + 3, name
 
 
 @pytest.mark.parametrize("name", DENOISERS)
-def test_each_available_denoiser_denoises_a_grey_image_as_one_plane(name):
+def test_each_available_denoiser_denoises_a_grey_image_as_one_plane(name, psnr01):
     if not BASELINES[name].available():
         pytest.skip(f"{BASELINES[name].package} is not installed (the optional eval extra)")
     clean, _ = _smooth_and_noisy(25)
@@ -54,7 +50,7 @@ def test_each_available_denoiser_denoises_a_grey_image_as_one_plane(name):
     noisy = np.clip(grey + np.random.default_rng(3).normal(0, 25, grey.shape), 0, 255).round().astype(np.uint8)
     out = run_baseline(name, noisy, 25)
     assert out.dtype == np.uint8 and out.shape == grey.shape
-    assert _psnr(out, grey) > _psnr(noisy, grey) + 3, name
+    assert psnr01(out / 255, grey / 255) > psnr01(noisy / 255, grey / 255) + 3, name
 
 
 def test_a_missing_package_is_a_clear_error(monkeypatch):
@@ -79,13 +75,13 @@ def test_bad_input_is_named():
 
 
 @pytest.mark.parametrize("name", DEHAZERS)
-def test_the_dehazer_dehazes_blind(name):
+def test_the_dehazer_dehazes_blind(name, psnr01):
     if not BASELINES[name].available():
         pytest.skip(f"{BASELINES[name].package} is not installed (the optional eval extra)")
     clean, hazy = _outdoor_and_hazy()
     out = run_baseline(name, hazy)
     assert out.dtype == np.uint8 and out.shape == hazy.shape
-    assert _psnr(out, clean) > _psnr(hazy, clean) + 3
+    assert psnr01(out / 255, clean / 255) > psnr01(hazy / 255, clean / 255) + 3
     # it restores contrast: the haze lifted the darkest pixels towards the airlight
     assert np.percentile(out.min(axis=2), 5) < np.percentile(hazy.min(axis=2), 5) - 40
 
