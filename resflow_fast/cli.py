@@ -202,6 +202,8 @@ class _ImageProgress:
             self.bar = tqdm(total=total, desc=self.name, unit="step", delay=self.DELAY_S, leave=False,
                             position=self.position, dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
+        if done >= total:  # tqdm skips redraws within its refresh interval: the last count is always drawn
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
