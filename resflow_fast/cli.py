@@ -202,7 +202,9 @@ class _ImageProgress:
             self.bar = tqdm(total=total, desc=self.name, unit="step", delay=self.DELAY_S, leave=False,
                             position=self.position, dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
-        if done >= total:  # tqdm skips redraws within its refresh interval: the last count is always drawn
+        # tqdm skips redraws within its refresh interval: a shown bar always draws its last count
+        # (one not yet shown, the image quicker than DELAY_S, stays hidden)
+        if done >= total and time.time() - self.bar.start_t >= self.DELAY_S:
             self.bar.refresh()
 
     def close(self) -> None:
