@@ -1,5 +1,6 @@
-"""Tests of resflow_fast/evaluation/images.py: the held-out crops are the documented ones, and
-Kodak files or a wheel that are not the pinned ones are refused."""
+"""Tests of resflow_fast/evaluation/images.py: the held-out crops are the documented ones; Kodak
+files, a wheel or Debian photographs that are not the pinned ones are refused; the Debian ones are
+fetched once (with stand-ins for apt-get and dpkg-deb: no network) and then read from the cache."""
 import zipfile
 
 import numpy as np
@@ -48,3 +49,44 @@ def test_a_wheel_that_is_not_the_pinned_one_is_refused(tmp_path, monkeypatch):
     with pytest.raises(im.EvalError, match="not the pyiqa 0.1.16 wheel"):
         im.kodak_dir(wheel)
     assert not (tmp_path / "cache" / "kodak").exists()
+
+
+def _fake_debian_tools(folder, monkeypatch, content: bytes):
+    """apt-get download writes PACKAGE.deb; dpkg-deb -x unpacks usr/share/backgrounds/photo.jpg
+    holding ``content`` and counts its calls in ``folder/unpacked``."""
+    import os
+    import stat
+
+    folder.mkdir()
+    (folder / "photo.bytes").write_bytes(content)
+    scripts = {"apt-get": 'echo deb > "${2%%=*}.deb"\n',
+               "dpkg-deb": f'mkdir -p "$3/usr/share/backgrounds" && cp "{folder}/photo.bytes" '
+                           f'"$3/usr/share/backgrounds/photo.jpg" && echo x >> "{folder}/unpacked"\n'}
+    for name, body in scripts.items():
+        path = folder / name
+        path.write_text("#!/bin/sh\n" + body)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_debian_photographs_are_fetched_once_checked_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESFLOW_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(im.EvalError, match="run once with network access"):
+        im.debian_dir(download=False)
+    content = b"the photograph's bytes"
+    monkeypatch.setattr(im, "DEBIAN_PHOTOS", {"photo": ("some-backgrounds", "1.0-1", "usr/share/backgrounds/photo.jpg",
+                                                        im.sha256(content))})
+    _fake_debian_tools(tmp_path / "bin", monkeypatch, content)
+    folder = im.debian_dir()
+    assert (folder / "photo.jpg").read_bytes() == content
+    assert im.debian_dir() == folder and (tmp_path / "bin" / "unpacked").read_text() == "x\n"  # cached: no refetch
+
+
+def test_a_debian_photograph_with_other_bytes_is_refused_and_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(im, "DEBIAN_PHOTOS", {"photo": ("some-backgrounds", "1.0-1", "usr/share/backgrounds/photo.jpg",
+                                                        im.sha256(b"the pinned bytes"))})
+    _fake_debian_tools(tmp_path / "bin", monkeypatch, b"other bytes")
+    with pytest.raises(im.EvalError, match=r"photo \(some-backgrounds 1\.0-1\).*--images kodak,skimage"):
+        im.debian_dir()
+    assert not (tmp_path / "cache" / "heldout-debian" / "photo.jpg").exists()
