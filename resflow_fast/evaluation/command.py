@@ -23,8 +23,8 @@ from .rows import ABLATION_DIR, ABLATIONS, STEPS, default_task_models, evaluate
 __all__ = ["DESCRIPTION", "add_arguments", "main", "run"]
 
 DESCRIPTION = ("Measure the embedded models against classical restorers on held-out photographs and write "
-               "EVAL.md, eval.json and eval-figure.png into --out-dir (58 min with 1 thread on a shared 2-core CPU). From the "
-               f"repository root, `{REGENERATE_COMMAND}` regenerates the repository's copy.")
+               "EVAL.md, eval.json and eval-figure.png into --out-dir (58 min with 1 thread on a shared 2-core "
+               f"CPU). From the repository root, `{REGENERATE_COMMAND}` regenerates the repository's copy.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
