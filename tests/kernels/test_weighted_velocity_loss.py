@@ -198,11 +198,6 @@ def test_validation_errors_name_the_argument(call, error, match):
 # ------------------------------------------------------------------------------------------------
 # CUDA: compiled kernels
 # ------------------------------------------------------------------------------------------------
-
-
-# ------------------------------------------------------------------------------------------------
-# CUDA: compiled kernels
-# ------------------------------------------------------------------------------------------------
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["entropy_preserving", "x_only"])
@@ -211,7 +206,7 @@ def test_cuda_against_the_reference(name, dtype, tol, training_images):
     schedule = Schedule(name)
     shape = (4, 3, 129, 67)
     hq, lq, eps = training_images.images(shape, ("channels_last", "channels_last", "contiguous"), device="cuda",
-                         with_eps=schedule.has_auxiliary)
+                                         with_eps=schedule.has_auxiliary)
     t = torch.rand(4, device="cuda")
     v = torch.randn(4, schedule.state_channels(3), 129, 67, device="cuda").to(dtype).to(memory_format=torch.channels_last)
     loss, grad = loss_and_grad(weighted_velocity_loss, v, hq, lq, eps, t, schedule)
