@@ -225,7 +225,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     try:
         restorer = Restorer(args.model, device=args.device, dtype=args.dtype, tile=args.tile, overlap=args.overlap,
-                            fused_conv=args.fused_conv, max_memory=args.max_memory, **_sampling_options(args))
+                            margin=args.margin, fused_conv=args.fused_conv, max_memory=args.max_memory,
+                            **_sampling_options(args))
     except ModelNotInstalledError:
         raise UsageError("--model is required until the embedded default model ships: give a weights file, a "
                          "checkpoint folder or a run folder (see `resflow train` or `resflow demo`)") from None
@@ -339,7 +340,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .reference.schedule import SCHEDULES
     from .reference.unet import PRESETS
-    from .restorer import DEFAULT_OVERLAP, DEFAULT_TILE
+    from .restorer import DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_TILE
 
     parser = argparse.ArgumentParser(prog="resflow", description="ResFlow image restoration")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -418,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest tile side in pixels, 'auto' (tiles of at most {DEFAULT_TILE} px, smaller if the "
                         "memory budget says so) or 'off' (one piece: attention over the whole image)")
     r.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="pixels shared by neighbouring tiles")
+    r.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+                   help="pixels of mirrored context restored around the image and cropped away, so that the "
+                        "network's edges fall outside the picture (0: none)")
     r.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders (and ** in globs)")
     r.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     r.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -3,9 +3,17 @@
 One restore (docs/design/architecture.md, "One restore, as data"):
 
     split (imageio.py) -> grey repeated to RGB -> [0, 1] to the model range [-1, 1]
-    -> eps ~ N(0, I) drawn ONCE for the whole image from the seed
+    -> a margin of mirrored context on every side (reflect padding, DEFAULT_MARGIN pixels)
+    -> eps ~ N(0, I) drawn ONCE for the whole image, margin included, from the seed
     -> tiles (or one tile), each: Euler sampler(lq_tile, eps_tile) -> blended with a smooth window
-    -> back to [0, 1] -> grey as the mean of R, G, B -> rebuilt as the caller's kind (imageio.py)
+    -> margin cropped -> back to [0, 1] -> grey as the mean of R, G, B -> rebuilt as the caller's
+    kind (imageio.py)
+
+**The margin.** The network zero-pads at the edges of what it is given, and a model meets those
+edges on every training crop, yet it still invents texture along them: up to 15 levels on the
+border of a flat image, and the largest errors of a photograph lie in its outer 16 pixels. Mirrored
+context moves those edges off the picture; ``margin=0`` restores the image exactly as the sampler
+would on its own.
 
 **Tiles, and what attention sees.** The U-Net has self-attention at 1/8 resolution and in its
 middle; over a whole image its cost grows with the square of the pixel count. By default
@@ -35,8 +43,9 @@ with the numbers (:class:`MemoryBudgetError`). On a GPU the image-sized buffers 
 input (usually the CPU) and the budget bounds the GPU's share.
 
 **The seed decides the result whatever the tiling**: the auxiliary noise y is drawn once for the
-full image with :func:`~resflow_fast.reference.sampler.auxiliary_noise` and sliced per tile.
-Untiled, this is exactly the noise the reference sampler draws itself for that seed.
+full image and its margin with :func:`~resflow_fast.reference.sampler.auxiliary_noise` and sliced
+per tile. Untiled, this is exactly the noise the reference sampler draws itself for that seed on
+the image with its margin.
 
 **Sampling settings** (steps, time grid, y update) come from the model's weights file where it
 records them (:attr:`~resflow_fast.embedded_models.LoadedModel.sampling`), else the paper's;
@@ -69,6 +78,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from .imageio import split_image
 from .embedded_models import LoadedModel, resolve_model
@@ -86,6 +96,11 @@ __all__ = ["restore", "Restorer", "RestoreError", "MemoryBudgetError", "RestoreP
 DEFAULT_TILE = 256
 #: Default overlap between neighbouring tiles, in pixels (clamped to a quarter of the tile side).
 DEFAULT_OVERLAP = 32
+#: Pixels of mirrored context added on each side of an image before it is restored, and cropped
+#: away after: the network's convolutions zero-pad at the edge of what they are given, which
+#: shows as up to 15 levels of invented texture along the borders of a flat image; with the
+#: context those edges fall outside the picture (BENCHMARKS.md, "Mirrored context at the borders").
+DEFAULT_MARGIN = 16
 #: Smallest tile side the memory budget and the out-of-memory retries go down to.
 MIN_TILE = 64
 #: Share of free memory the default budget takes; the rest is left to the system and other programs.
@@ -242,8 +257,9 @@ class RestorePlan:
 
     height: int
     width: int
+    margin: tuple[int, int]  # mirrored context rows (top and bottom) and columns (left and right)
     tile_side: int
-    rows: list[tuple[int, int]]
+    rows: list[tuple[int, int]]  # tile spans in the image with its margin, (height + 2 margin[0]) rows
     cols: list[tuple[int, int]]
     budget_bytes: int
     image_bytes: int  # image-sized buffers counted against the budget (0 when they live elsewhere)
@@ -375,6 +391,8 @@ class Restorer:
             int (the largest tile side in pixels), or None / 0 (one piece: attention sees the whole
             image; refused before any work if it does not fit the budget).
         overlap: pixels shared by neighbouring tiles (at most a quarter of the tile side is used).
+        margin: pixels of mirrored context restored around the image and cropped away (at most the
+            image's side less one), so that no edge of the network's view lies on the picture.
         schedule: with a module, the schedule it was trained with (default entropy-preserving).
         y_mode: "joint" or "exact" (see :func:`~resflow_fast.reference.sampler.euler_sample`);
             None: the model's recorded default.
@@ -393,13 +411,16 @@ class Restorer:
                  tile: int | str | None = "auto", overlap: int = DEFAULT_OVERLAP,
                  schedule: Schedule | None = None, y_mode: str | None = None, *, time_power: float | None = None,
                  sampling: str | SamplingSettings | None = None, fused_conv: str | None = None,
-                 max_memory: int | str | None = None):
+                 max_memory: int | str | None = None, margin: int = DEFAULT_MARGIN):
         self.device = self._pick_device(device, model)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tile = self._check_tile(tile)
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
             raise ValueError(f"overlap: must be a non-negative number of pixels, got {overlap!r}")
         self.overlap = overlap
+        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+            raise ValueError(f"margin: must be a non-negative number of pixels, got {margin!r}")
+        self.margin = margin
         self.max_memory = parse_memory(max_memory)
         if self.device.type == "cpu":
             configure_cpu_threads()
@@ -414,7 +435,8 @@ class Restorer:
                           for dt in {self.dtype, torch.float32}}
         self._weight_bytes = sum(p.numel() * p.element_size() for p in self.model.unet.parameters())
         self._tick: Callable[[int], None] = lambda n: None
-        # How the last image was cut: the tile side, and the (start, stop) rows and columns of its tiles.
+        # How the last image was cut: the tile side, and the (start, stop) rows and columns of its tiles
+        # (in the image with its margin).
         self.last_tile_side: int | None = None
         self.last_spans: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None
         self.last_plan: RestorePlan | None = None
@@ -467,23 +489,30 @@ class Restorer:
             return torch.stack([self._restore_one(item, seed, f"image[{i}]", progress) for i, item in enumerate(image)])
         return self._restore_one(image, seed, "image", progress)
 
+    def margins(self, height: int, width: int) -> tuple[int, int]:
+        """The mirrored context (rows, columns) a (height, width) image gets on each side: the
+        margin, less where the image is too small to reflect that far."""
+        return min(self.margin, height - 1), min(self.margin, width - 1)
+
     def plan(self, height: int, width: int, image_device: torch.device | str = "cpu") -> RestorePlan:
-        """How a (height, width) image would be restored now: tile side and tiles, memory needed
-        and the budget. Raises :class:`MemoryBudgetError` when it cannot fit."""
+        """How a (height, width) image would be restored now: its margin, tile side and tiles,
+        memory needed and the budget. Raises :class:`MemoryBudgetError` when it cannot fit."""
         image_device = torch.device(image_device)
+        margin = self.margins(height, width)
+        full_h, full_w = height + 2 * margin[0], width + 2 * margin[1]  # what the tiles cover
         budget = self.max_memory if self.max_memory is not None else int(free_memory_bytes(self.device) * MEMORY_FRACTION)
         same_device = image_device.type == self.device.type
-        image_bytes = IMAGE_BYTES_PER_PIXEL * height * width if same_device else 0
+        image_bytes = IMAGE_BYTES_PER_PIXEL * full_h * full_w if same_device else 0
         config = self.model.unet.config
 
         def tile_bytes(side: int) -> int:
-            return tile_memory_bytes(config, min(side, height), min(side, width), self.dtype)
+            return tile_memory_bytes(config, min(side, full_h), min(side, full_w), self.dtype)
 
         def fits(side: int) -> bool:
             return image_bytes + tile_bytes(side) + self._weight_bytes <= budget
 
         if self.tile is None:
-            side = max(height, width)
+            side = max(full_h, full_w)
             if not fits(side):
                 need = image_bytes + tile_bytes(side) + self._weight_bytes
                 raise MemoryBudgetError(
@@ -504,8 +533,9 @@ class Restorer:
                 warnings.warn(f"tile={self.tile} does not fit the memory budget of {format_bytes(budget)}; "
                               f"using {side}-pixel tiles", RuntimeWarning)
         overlap = min(self.overlap, side // 4)
-        rows, cols = tile_spans(height, side, overlap, self.multiple), tile_spans(width, side, overlap, self.multiple)
-        return RestorePlan(height, width, side, rows, cols, budget, image_bytes, tile_bytes(side), self._weight_bytes)
+        rows, cols = tile_spans(full_h, side, overlap, self.multiple), tile_spans(full_w, side, overlap, self.multiple)
+        return RestorePlan(height, width, margin, side, rows, cols, budget,
+                           image_bytes, tile_bytes(side), self._weight_bytes)
 
     @torch.no_grad()
     def restore_planes(self, rgb01: torch.Tensor, seed: int = 0,
@@ -514,8 +544,11 @@ class Restorer:
         H, W = rgb01.shape[-2:]
         plan = self.plan(H, W, rgb01.device)  # refuses before any work when it cannot fit
         lq = rgb01.float()[None] * 2.0 - 1.0  # the model range (reference.data.to_model_range)
-        # Drawn once for the whole image, so tiles only slice it and the seed alone decides y.
-        eps = auxiliary_noise((1, 3, H, W), seed).to(lq.device) if self.model.schedule.has_auxiliary else None
+        mh, mw = plan.margin
+        if mh or mw:
+            lq = F.pad(lq, (mw, mw, mh, mh), mode="reflect")
+        # Drawn once for the whole image and its margin, so tiles only slice it and the seed alone decides y.
+        eps = auxiliary_noise(tuple(lq.shape), seed).to(lq.device) if self.model.schedule.has_auxiliary else None
         side = plan.tile_side
         while True:
             try:
@@ -533,6 +566,8 @@ class Restorer:
         self.last_tile_side = side
         self.last_plan = plan
         del lq, eps
+        if mh or mw:  # a copy, so that the result does not hold on to the margin
+            restored = restored[..., mh:mh + H, mw:mw + W].clone()
         return restored[0].add_(1.0).mul_(0.5).clamp_(0.0, 1.0)
 
     # -- one image -------------------------------------------------------------------------------
@@ -611,7 +646,8 @@ def restore(image: Any, model: str | os.PathLike | torch.nn.Module = "default", 
             tile: int | str | None = "auto", overlap: int = DEFAULT_OVERLAP, schedule: Schedule | None = None,
             y_mode: str | None = None, *, time_power: float | None = None,
             sampling: str | SamplingSettings | None = None, fused_conv: str | None = None,
-            max_memory: int | str | None = None, progress: Callable[[int, int], None] | None = None) -> Any:
+            max_memory: int | str | None = None, progress: Callable[[int, int], None] | None = None,
+            margin: int = DEFAULT_MARGIN) -> Any:
     """Restore one image (or a list, or an NCHW batch) and return it as the same kind.
 
     See :class:`Restorer` for the arguments and :meth:`Restorer.restore` for what ``image`` may be.
@@ -620,4 +656,4 @@ def restore(image: Any, model: str | os.PathLike | torch.nn.Module = "default", 
     """
     return Restorer(model, steps=steps, device=device, dtype=dtype, tile=tile, overlap=overlap, schedule=schedule,
                     y_mode=y_mode, time_power=time_power, sampling=sampling, fused_conv=fused_conv,
-                    max_memory=max_memory).restore(image, seed=seed, progress=progress)
+                    max_memory=max_memory, margin=margin).restore(image, seed=seed, progress=progress)

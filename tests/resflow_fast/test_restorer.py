@@ -94,12 +94,29 @@ def test_grey_goes_through_the_rgb_model_and_comes_back_as_the_mean(unet):
     np.testing.assert_allclose(out, as_rgb.mean(axis=2), atol=1e-6)
 
 
-def test_untiled_is_the_reference_sampler_with_the_seeds_own_noise(unet):
+def _mirrored(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    return np.pad(image, ((rows, rows), (cols, cols), (0, 0)), mode="reflect")
+
+
+@pytest.mark.parametrize("margin", [0, 3, 16])  # none; less than the image; more than it has (9 x 7: 8 and 6)
+def test_untiled_is_the_reference_sampler_on_the_mirrored_image_with_the_seeds_own_noise(unet, margin):
     img = RGB.astype(np.float32) / 255
-    out = restore(img, model=unet, steps=2, seed=5, tile=None)
-    lq = torch.from_numpy(img).permute(2, 0, 1)[None] * 2 - 1
+    out = restore(img, model=unet, steps=2, seed=5, tile=None, margin=margin)
+    rows, cols = min(margin, 8), min(margin, 6)
+    lq = torch.from_numpy(_mirrored(img, rows, cols)).permute(2, 0, 1)[None] * 2 - 1
     expected = ((euler_sample(unet, lq, steps=2, seed=5) + 1) / 2)[0].permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(out, expected, atol=1e-6)
+    np.testing.assert_allclose(out, expected[rows:rows + 9, cols:cols + 7], atol=1e-6)
+
+
+def test_the_margin_is_planned_and_checked():
+    restorer = Restorer(build_unet("test"), margin=16)
+    plan = restorer.plan(100, 3)
+    assert plan.margin == (16, 2) and (plan.height, plan.width) == (100, 3)
+    assert plan.rows[-1][1] == 132 and plan.cols[-1][1] == 7  # the tiles cover the image with its margin
+    assert Restorer(build_unet("test"), margin=0).plan(100, 3).margin == (0, 0)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="margin: must be a non-negative number of pixels"):
+            Restorer(build_unet("test"), margin=bad)
 
 
 def test_a_batch_is_each_image_restored_alone(unet):
@@ -144,7 +161,7 @@ def tiling(unet):
     results = {"input": (img, None)}
     for name, seed, kw in [("untiled", 0, dict(tile=None)), ("tile48", 0, dict(tile=48)), ("tile64", 0, dict(tile=64)),
                            ("hard_cuts", 0, dict(tile=48, overlap=0)), ("seed1", 1, dict(tile=None))]:
-        restorer = Restorer(unet, steps=2, **kw)
+        restorer = Restorer(unet, steps=2, margin=0, **kw)  # no margin: tile columns are image columns
         results[name] = (restorer.restore(img, seed=seed), restorer.last_spans[1])
     return results
 
@@ -279,7 +296,7 @@ def test_a_uniform_change_leaves_a_flat_image_flat_across_tiles(random_unet):
     flat = np.full((50, 70, 3), 128, np.uint8)
     restorer = Restorer(_still_unet(random_unet, bias=0.05), steps=1, tile=32, overlap=8)
     out = restorer.restore(flat)
-    assert restorer.last_plan.tiles == 6
+    assert restorer.last_plan.tiles == 16  # 82 x 102 with its margin: 4 x 4 tiles
     assert np.ptp(out) == 0 and out[0, 0, 0] != 128  # moved, and moved alike everywhere
 
 
@@ -304,8 +321,10 @@ def recorded(tmp_path_factory, unet):
 
 
 def _reference(unet, image, **settings):
-    lq = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None] * 2 - 1
-    x = euler_sample(unet, lq, seed=0, **settings)
+    """The reference sampler on ``image`` with the restorer's default margin, cropped back."""
+    rows, cols = (min(restorer_module.DEFAULT_MARGIN, side - 1) for side in image.shape[:2])
+    lq = torch.from_numpy(_mirrored(image.astype(np.float32) / 255, rows, cols)).permute(2, 0, 1)[None] * 2 - 1
+    x = euler_sample(unet, lq, seed=0, **settings)[..., rows:rows + image.shape[0], cols:cols + image.shape[1]]
     return np.rint(((x[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
@@ -614,13 +633,14 @@ def test_cli_progress_inside_an_image_by_tile_and_step_and_quiet_silences_it(tmp
     args = ["restore", str(tmp_path / "in.png"), "--model", str(checkpoint), "--steps", "2", "--tile", "32"]
     assert main(args + ["-o", str(tmp_path / "a.png")]) == 0
     err = capsys.readouterr().err
-    tiles = 2 * 2  # 41 x 50 in 32-px tiles
+    tiles = 3 * 4  # 41 x 50 with its 16-px margin, 73 x 82, in 32-px tiles
     assert f"{tiles * 2}/{tiles * 2}" in err and "in.png" in err
     assert main(args + ["-o", str(tmp_path / "b.png"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
 
 
-def test_cli_sampling_memory_and_fused_conv_options_reach_the_restorer(tmp_path, checkpoint, monkeypatch, capsys):
+def test_cli_sampling_memory_margin_and_fused_conv_options_reach_the_restorer(tmp_path, checkpoint, monkeypatch,
+                                                                              capsys):
     seen = []
     original = Restorer.__init__
 
@@ -630,9 +650,10 @@ def test_cli_sampling_memory_and_fused_conv_options_reach_the_restorer(tmp_path,
     monkeypatch.setattr(Restorer, "__init__", spy)
     Image.fromarray(RGB).save(tmp_path / "in.png")
     assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(checkpoint),
-                 "--paper-sampling", "--steps", "1", "--fused-conv", "on", "--max-memory", "2GB", "--quiet"]) == 0
-    assert {k: seen[0][k] for k in ("sampling", "steps", "fused_conv", "max_memory")} == dict(
-        sampling="paper", steps=1, fused_conv="on", max_memory="2GB")
+                 "--paper-sampling", "--steps", "1", "--fused-conv", "on", "--max-memory", "2GB", "--margin", "4",
+                 "--quiet"]) == 0
+    assert {k: seen[0][k] for k in ("sampling", "steps", "fused_conv", "max_memory", "margin")} == dict(
+        sampling="paper", steps=1, fused_conv="on", max_memory="2GB", margin=4)
 
 
 def test_cli_a_memory_budget_too_small_fails_the_file_with_the_numbers(tmp_path, checkpoint, capsys):
