@@ -220,14 +220,18 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
-                   half: bool = False, sampling: dict | None = None) -> Path:
+                   half: bool = False, sampling: dict | None = None, margin: int | None = None) -> Path:
     """Write an inference-only weights file (EMA weights by default) from a training checkpoint.
 
     ``half`` stores the floating-point tensors as fp16 (half the file; loading casts them back to
     the fp32 model, so the model runs what fp16 rounding left: about 3 significant digits).
     ``sampling`` (a :class:`~.sampler.SamplingSettings` dict: steps, time_power, y_mode) is
-    recorded as the settings the model restores with unless a caller asks otherwise.
+    recorded as the settings the model restores with unless a caller asks otherwise. ``margin``
+    (pixels) is recorded as the mirrored context the package's restorer puts around an image for
+    this model (``resflow_fast.restorer``, "The margin").
     """
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
+        raise ValueError(f"margin: must be a non-negative number of pixels, got {margin!r}")
     if sampling is not None:
         from .sampler import SamplingSettings
 
@@ -244,5 +248,7 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_em
                   stored_dtype="float16" if half else "float32")
     if sampling is not None:
         record["sampling"] = sampling
+    if margin is not None:
+        record["margin"] = margin
     save_weights(out, state, record)
     return Path(out)

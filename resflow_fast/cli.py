@@ -281,7 +281,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         sampling = dict(PAPER_SAMPLING.to_dict(), **{k: v for k, v in (("steps", args.steps), ("time_power", args.time_power),
                                                                      ("y_mode", args.y_mode)) if v is not None})
-    path = export_weights(args.checkpoint, args.output, use_ema=not args.raw, half=args.half, sampling=sampling)
+    path = export_weights(args.checkpoint, args.output, use_ema=not args.raw, half=args.half, sampling=sampling,
+                          margin=args.margin)
     print(f"wrote {path}")
     return 0
 
@@ -419,9 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest tile side in pixels, 'auto' (tiles of at most {DEFAULT_TILE} px, smaller if the "
                         "memory budget says so) or 'off' (one piece: attention over the whole image)")
     r.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="pixels shared by neighbouring tiles")
-    r.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+    r.add_argument("--margin", type=int, default=None,
                    help="pixels of mirrored context restored around the image and cropped away, so that the "
-                        "network's edges fall outside the picture (0: none)")
+                        f"network's edges fall outside the picture (0: none; default: what the model's file "
+                        f"records, else {DEFAULT_MARGIN})")
     r.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders (and ** in globs)")
     r.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -436,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--time-power", dest="time_power", type=float,
                    help="record the default time grid t_k = (1 - k/N)^P (1: the paper's uniform grid)")
     e.add_argument("--y-mode", dest="y_mode", choices=["joint", "exact"], help="record the default y update")
+    e.add_argument("--margin", type=int, help="record the mirrored context (pixels) restore() adds around an image "
+                                              "for this model (0: none; unrecorded: the restorer's default)")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="train a tiny denoiser for about a minute and restore a held-out image")

@@ -1,7 +1,8 @@
 """Which model :func:`resflow_fast.restore` runs: a name, a checkpoint path or a module.
 
 * a **name** of an embedded model (:data:`EMBEDDED_MODELS`), shipped inside the package as
-  ``resflow_fast/models/<name>.safetensors`` (setup.py's package_data);
+  ``resflow_fast/models/<name>.safetensors`` (setup.py's package_data), or of a retired one
+  (:data:`MODEL_ALIASES`), which loads the model that replaced it;
 * a **checkpoint path**: a weights file, a training checkpoint folder or a run folder (its latest
   checkpoint), read by :func:`resflow_fast.reference.checkpoint.load_model`;
 * a reference :class:`~resflow_fast.reference.unet.UNet` **module**, used in place (a model in
@@ -14,7 +15,9 @@ read again.
 
 A weights file may record the sampler settings its model restores best with (``resflow export
 --steps/--time-power/--y-mode``); :attr:`LoadedModel.sampling` holds them, or the paper's
-(:data:`~resflow_fast.reference.sampler.PAPER_SAMPLING`) where the file records none.
+(:data:`~resflow_fast.reference.sampler.PAPER_SAMPLING`) where the file records none. It may also
+record the mirrored margin the restorer puts around an image for it (``resflow export
+--margin``): :attr:`LoadedModel.margin`, None where it records none.
 """
 from __future__ import annotations
 
@@ -30,25 +33,28 @@ from .reference.sampler import PAPER_SAMPLING, SamplingSettings
 from .reference.schedule import Schedule
 from .reference.unet import UNet
 
-__all__ = ["EMBEDDED_MODELS", "LoadedModel", "ModelNotInstalledError", "resolve_model", "clear_cache"]
+__all__ = ["EMBEDDED_MODELS", "MODEL_ALIASES", "LoadedModel", "ModelNotInstalledError", "resolve_model", "clear_cache"]
 
 MODELS_DIR = Path(__file__).parent / "models"
 
 #: Embedded model names and what they restore.
 EMBEDDED_MODELS: dict[str, str] = {
-    "default": "the compact blind model the package ships, trained on Gaussian noise and JPEG (it denoises; "
-               "it removes little of JPEG's blocking, about +0.5 dB: docs/MODEL_CARD.md)",
-    "denoise": "the default model fine-tuned on Gaussian noise alone (blind, sigma 0-50): about as good as "
-               "`default` at sigma 15-50, far better on nearly clean images; not for JPEG (docs/MODEL_CARD.md)",
-    "mix": "the default model fine-tuned on the package's synthetic mix (noise, JPEG, rain, haze, snow): the model "
-           "for rain, haze and snow; worse than `default` and `denoise` on noise and JPEG (docs/MODEL_CARD.md)",
+    "default": "the blind model for Gaussian noise (sigma 0-50, colour and grey) and JPEG (quality 10-50), "
+               "trained on photographs; it gives a clean photograph back nearly unchanged (docs/MODEL_CARD.md)",
+    "mix": "an earlier default model fine-tuned on the package's synthetic mix (noise, JPEG, rain, haze, snow): "
+           "the model for rain, haze and snow; worse than `default` on noise and JPEG (docs/MODEL_CARD.md)",
 }
+
+#: Names of retired models, and the embedded model each now loads. ``denoise`` was a noise-only
+#: fine-tune of an earlier ``default``; the photograph-trained ``default`` denoises better at every
+#: sigma the evaluation measures (docs/MODEL_CARD.md, "Retired models").
+MODEL_ALIASES: dict[str, str] = {"denoise": "default"}
 
 #: Models restore RGB images; grey is fed as three equal channels (imageio.py).
 IMAGE_CHANNELS = 3
 
 _CACHE_SIZE = 4
-_cache: "OrderedDict[tuple, tuple[UNet, Schedule, SamplingSettings]]" = OrderedDict()
+_cache: "OrderedDict[tuple, tuple[UNet, Schedule, SamplingSettings, int | None]]" = OrderedDict()
 
 
 class ModelNotInstalledError(CheckpointError):
@@ -61,10 +67,18 @@ class LoadedModel:
     schedule: Schedule
     source: str  # for messages: the name, the file, or "module"
     sampling: SamplingSettings = PAPER_SAMPLING  # the settings the weights file records, else the paper's
+    margin: int | None = None  # the mirrored context (pixels) the weights file records for restoring, if any
+
+
+def embedded_name(text: str) -> str | None:
+    """The embedded model a name loads (an alias gives the model it stands for), or None."""
+    if text in EMBEDDED_MODELS:
+        return text
+    return MODEL_ALIASES.get(text)
 
 
 def embedded_model_path(name: str) -> Path:
-    return MODELS_DIR / f"{name}.safetensors"
+    return MODELS_DIR / f"{embedded_name(name) or name}.safetensors"
 
 
 def _looks_like_name(text: str) -> bool:
@@ -79,7 +93,14 @@ def _check_channels(unet: UNet, schedule: Schedule, source: str) -> None:
                               f"RGB ({IMAGE_CHANNELS}-channel) model")
 
 
-def _load_file(path: str | os.PathLike, device: torch.device) -> tuple[UNet, Schedule, SamplingSettings]:
+def _recorded_margin(record: dict, source: str) -> int | None:
+    margin = record.get("margin") if isinstance(record, dict) else None
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
+        raise CheckpointError(f"{source}: its recorded margin is invalid ({margin!r}; expected pixels >= 0)")
+    return margin
+
+
+def _load_file(path: str | os.PathLike, device: torch.device) -> tuple[UNet, Schedule, SamplingSettings, int | None]:
     file = resolve_weights_path(path)
     stat = file.stat()
     key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
@@ -92,7 +113,8 @@ def _load_file(path: str | os.PathLike, device: torch.device) -> tuple[UNet, Sch
         sampling = SamplingSettings.from_record(record)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{file}: its recorded sampling settings are invalid ({error})") from None
-    _cache[key] = (unet.to(device).eval(), schedule, sampling)
+    margin = _recorded_margin(record, str(file))
+    _cache[key] = (unet.to(device).eval(), schedule, sampling, margin)
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return _cache[key]
@@ -122,17 +144,18 @@ def resolve_model(model: str | os.PathLike | torch.nn.Module, device: torch.devi
     if schedule is not None:
         raise ValueError("schedule= applies to a module; a checkpoint carries its own schedule")
     text = os.fspath(model)
-    if text in EMBEDDED_MODELS and not Path(text).exists():
-        path = embedded_model_path(text)
+    name = embedded_name(text)
+    if name is not None and not Path(text).exists():
+        path = embedded_model_path(name)
         if not path.is_file():
             raise ModelNotInstalledError(
-                f"the embedded {text!r} model is not installed ({path} is missing); pass a checkpoint instead "
+                f"the embedded {name!r} model is not installed ({path} is missing); pass a checkpoint instead "
                 "(model='path/to/weights.safetensors' or a training run folder; `resflow train` or "
                 "`resflow demo` makes one)")
-        unet, schedule, sampling = _load_file(path, device)
-        return LoadedModel(unet, schedule, text, sampling)
+        unet, schedule, sampling, margin = _load_file(path, device)
+        return LoadedModel(unet, schedule, name, sampling, margin)
     if _looks_like_name(text) and not Path(text).exists():
         raise CheckpointError(f"unknown model {text!r}: not an embedded model name "
                               f"(known: {', '.join(EMBEDDED_MODELS)}) and no such file or folder")
-    unet, schedule, sampling = _load_file(text, device)
-    return LoadedModel(unet, schedule, text, sampling)
+    unet, schedule, sampling, margin = _load_file(text, device)
+    return LoadedModel(unet, schedule, text, sampling, margin)

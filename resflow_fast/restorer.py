@@ -13,7 +13,9 @@ One restore (docs/design/architecture.md, "One restore, as data"):
 edges on every training crop, yet it still invents texture along them: up to 15 levels on the
 border of a flat image, and the largest errors of a photograph lie in its outer 16 pixels. Mirrored
 context moves those edges off the picture; ``margin=0`` restores the image exactly as the sampler
-would on its own.
+would on its own. A weights file may record its model's margin: the `mix` model records 0,
+because its dehazing reads the statistics of the whole image, which a mirrored border shifts
+(-0.8 dB on the hazy example with 16 pixels).
 
 **Tiles, and what attention sees.** The U-Net has self-attention at 1/8 resolution and in its
 middle; over a whole image its cost grows with the square of the pixel count. By default
@@ -97,9 +99,10 @@ DEFAULT_TILE = 256
 #: Default overlap between neighbouring tiles, in pixels (clamped to a quarter of the tile side).
 DEFAULT_OVERLAP = 32
 #: Pixels of mirrored context added on each side of an image before it is restored, and cropped
-#: away after: the network's convolutions zero-pad at the edge of what they are given, which
-#: shows as up to 15 levels of invented texture along the borders of a flat image; with the
-#: context those edges fall outside the picture (BENCHMARKS.md, "Mirrored context at the borders").
+#: away after, for a model whose weights file records no margin of its own: the network's
+#: convolutions zero-pad at the edge of what they are given, which shows as up to 15 levels of
+#: invented texture along the borders of a flat image; with the context those edges fall outside
+#: the picture (BENCHMARKS.md, "Mirrored context at the borders").
 DEFAULT_MARGIN = 16
 #: Smallest tile side the memory budget and the out-of-memory retries go down to.
 MIN_TILE = 64
@@ -392,7 +395,8 @@ class Restorer:
             image; refused before any work if it does not fit the budget).
         overlap: pixels shared by neighbouring tiles (at most a quarter of the tile side is used).
         margin: pixels of mirrored context restored around the image and cropped away (at most the
-            image's side less one), so that no edge of the network's view lies on the picture.
+            image's side less one), so that no edge of the network's view lies on the picture; None:
+            what the model's weights file records, else :data:`DEFAULT_MARGIN`.
         schedule: with a module, the schedule it was trained with (default entropy-preserving).
         y_mode: "joint" or "exact" (see :func:`~resflow_fast.reference.sampler.euler_sample`);
             None: the model's recorded default.
@@ -411,21 +415,21 @@ class Restorer:
                  tile: int | str | None = "auto", overlap: int = DEFAULT_OVERLAP,
                  schedule: Schedule | None = None, y_mode: str | None = None, *, time_power: float | None = None,
                  sampling: str | SamplingSettings | None = None, fused_conv: str | None = None,
-                 max_memory: int | str | None = None, margin: int = DEFAULT_MARGIN):
+                 max_memory: int | str | None = None, margin: int | None = None):
         self.device = self._pick_device(device, model)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tile = self._check_tile(tile)
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
             raise ValueError(f"overlap: must be a non-negative number of pixels, got {overlap!r}")
         self.overlap = overlap
-        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
             raise ValueError(f"margin: must be a non-negative number of pixels, got {margin!r}")
-        self.margin = margin
         self.max_memory = parse_memory(max_memory)
         if self.device.type == "cpu":
             configure_cpu_threads()
         self.model: LoadedModel = resolve_model(model, self.device, schedule)
         self.sampling = resolve_sampling(self.model.sampling, sampling, steps, time_power, y_mode)
+        self.margin = next(m for m in (margin, self.model.margin, DEFAULT_MARGIN) if m is not None)
         self.steps = self.sampling.steps
         self.multiple = self.model.unet.multiple
         # The GPU fast path; built now so that a bad fused_conv policy fails here, not on the first image.
@@ -647,7 +651,7 @@ def restore(image: Any, model: str | os.PathLike | torch.nn.Module = "default", 
             y_mode: str | None = None, *, time_power: float | None = None,
             sampling: str | SamplingSettings | None = None, fused_conv: str | None = None,
             max_memory: int | str | None = None, progress: Callable[[int, int], None] | None = None,
-            margin: int = DEFAULT_MARGIN) -> Any:
+            margin: int | None = None) -> Any:
     """Restore one image (or a list, or an NCHW batch) and return it as the same kind.
 
     See :class:`Restorer` for the arguments and :meth:`Restorer.restore` for what ``image`` may be.

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..baselines import BASELINES, run_baseline
-from ..embedded_models import EMBEDDED_MODELS, embedded_model_path
+from ..embedded_models import embedded_model_path, embedded_name
 from ..reference.checkpoint import resolve_weights_path
 from ..reference.metrics import psnr, ssim
 from ..reference.sampler import SamplingSettings
@@ -61,12 +61,11 @@ DEFAULT_MODEL_ROW = "ResFlow `default` (what restore() uses when no model is nam
 
 
 def default_task_models() -> dict[str, str]:
-    """Which embedded model restores each task: the noise-only ``denoise`` model for noise (the
-    blind denoiser), ``default`` for JPEG and for the clean photograph (it is what a user gets with
-    no model named), and ``mix`` (trained on all five degradations) for rain, haze and snow;
-    docs/MODEL_CARD.md says how each measures against ``default``, which sits beside it.
-    ``--model TASK=...`` evaluates another."""
-    return {"noise": "denoise", "jpeg": "default", "rain": "mix", "haze": "mix", "snow": "mix", "clean": "default"}
+    """Which embedded model restores each task: ``default`` for noise, JPEG and the clean
+    photograph (it is what a user gets with no model named), and ``mix`` (trained on all five
+    degradations) for rain, haze and snow, with ``default`` beside it; docs/MODEL_CARD.md says
+    how they compare. ``--model TASK=...`` evaluates another."""
+    return {"noise": "default", "jpeg": "default", "rain": "mix", "haze": "mix", "snow": "mix", "clean": "default"}
 
 
 def settings_label(settings: SamplingSettings) -> str:
@@ -135,7 +134,7 @@ def build_rows(degradation: EvalDegradation, task_models: dict[str, str], steps:
     if degradation.key in VARIANT_DEGRADATIONS:
         rows += [_resflow_row(f"ResFlow, {settings_label(v)}", "variant", model, v, device, dtype)
                  for v in SAMPLER_VARIANTS]
-    if model in EMBEDDED_MODELS and model != "default":
+    if embedded_name(str(model)) not in (None, "default"):
         # a task with an embedded model of its own: the blind model beside it shows what it gains
         rows.append(_resflow_row(DEFAULT_MODEL_ROW, "resflow", "default", None, device, dtype))
     if degradation.key in ABLATION_DEGRADATIONS:
@@ -238,7 +237,7 @@ def _environment(task_models: dict[str, str], ablations: dict[str, Path]) -> dic
 
     def weights_sha(model: str | os.PathLike) -> str:
         # the file restore() loads: an embedded name's weights, else the path's (resolve_model's rule)
-        path = embedded_model_path(str(model)) if str(model) in EMBEDDED_MODELS else resolve_weights_path(model)
+        path = embedded_model_path(str(model)) if embedded_name(str(model)) else resolve_weights_path(model)
         return sha256(path.read_bytes())[:16]
 
     return {"date": date.today().isoformat(), "versions": versions, "cpu": _cpu_name(),

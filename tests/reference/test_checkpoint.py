@@ -93,6 +93,17 @@ def test_export_records_the_sampling_settings_it_is_given(tmp_path):
     assert not (tmp_path / "bad.safetensors").exists()
 
 
+def test_export_records_the_margin_it_is_given(tmp_path):
+    model = build_unet("test")
+    save_training_checkpoint(tmp_path, 5, model.state_dict(), model.state_dict(), {"step": 5}, _record(step=5))
+    assert "margin" not in load_weights(export_weights(tmp_path, tmp_path / "plain.safetensors"))[1]
+    assert load_weights(export_weights(tmp_path, tmp_path / "m.safetensors", margin=0))[1]["margin"] == 0
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="margin: must be a non-negative number of pixels"):
+            export_weights(tmp_path, tmp_path / "bad.safetensors", margin=bad)
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_half_export_is_fp16_and_loads_into_the_fp32_model(tmp_path):
     model, ema = build_unet("test"), build_unet("test")
     save_training_checkpoint(tmp_path, 5, model.state_dict(), ema.state_dict(), {"step": 5}, _record(step=5))

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from resflow_fast.cli import main
+from resflow_fast.reference.checkpoint import load_weights
 
 #: Only a guard against a hung child process: far above what a loaded 2-core machine needs.
 HANG_S = 1800
@@ -49,7 +50,8 @@ def test_restore_and_export(run_dir, tmp_path, capsys):
     Image.fromarray((np.random.default_rng(0).random((13, 17, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
     assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(run_dir)]) == 0
     assert Image.open(tmp_path / "out.png").size == (17, 13)
-    assert main(["export", str(run_dir), str(tmp_path / "m.safetensors")]) == 0
+    assert main(["export", str(run_dir), str(tmp_path / "m.safetensors"), "--steps", "1", "--margin", "3"]) == 0
+    assert load_weights(tmp_path / "m.safetensors")[1]["margin"] == 3
     assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out2.png"),
                  "--model", str(tmp_path / "m.safetensors")]) == 0
 

@@ -43,24 +43,32 @@ def test_the_input_rows_metrics_are_scikit_images(small_result):
 
 
 def test_a_task_with_its_own_embedded_model_shows_the_default_beside_it(make_images):
-    """Noise goes to the embedded `denoise` model; the blind `default` gets a row of its own, at its
-    recorded settings, so the report shows which measures better. A path (or `default` itself)
-    adds no such row. A clean photograph goes to `default`, the model a user gets."""
-    assert default_task_models()["noise"] == "denoise"
+    """Haze goes to the embedded `mix` model; the blind `default` gets a row of its own, at its
+    recorded settings, so the report shows which measures better. Noise, JPEG and the clean
+    photograph go to `default`, the model a user gets, and `default` itself (or the retired name
+    `denoise`, which loads it) adds no such row."""
+    assert all(default_task_models()[task] == "default" for task in ("noise", "jpeg", "clean"))
     assert all(default_task_models()[task] == "mix" for task in ("rain", "haze", "snow"))
-    assert default_task_models()["clean"] == "default"
     images = make_images()[:1]
-    result = evaluate(images, [DEGRADATIONS["noise-15"], DEGRADATIONS["jpeg-20"]],
+    result = evaluate(images, [DEGRADATIONS["noise-15"], DEGRADATIONS["haze"]],
                       default_task_models(), steps=(1,), baselines=(), device="cpu", progress=False)
-    noise, jpeg = ([r["name"] for r in result.rows[k]] for k in ("noise-15", "jpeg-20"))
-    assert noise[:2] == ["degraded input", noise[1]] and noise[1].startswith("ResFlow at its settings (")
-    assert noise[2:] == ["ResFlow, 1 step", DEFAULT_MODEL_ROW]
-    assert jpeg[0] == "degraded input" and jpeg[1].startswith("ResFlow at its settings (") and jpeg[2:] == ["ResFlow, 1 step"]
-    assert {r["name"]: r["model"] for r in result.rows["noise-15"]}[DEFAULT_MODEL_ROW] == "default"
-    by_row = {r["row"]: r["psnr"] for r in result.records if r["degradation"] == "noise-15"}
+    noise, haze = ([r["name"] for r in result.rows[k]] for k in ("noise-15", "haze"))
+    assert haze[:2] == ["degraded input", haze[1]] and haze[1].startswith("ResFlow at its settings (")
+    assert haze[2:] == ["ResFlow, 1 step", DEFAULT_MODEL_ROW]
+    assert noise[0] == "degraded input" and noise[1].startswith("ResFlow at its settings (")
+    assert noise[2:] == ["ResFlow, 1 step"]
+    assert {r["name"]: r["model"] for r in result.rows["haze"]}[DEFAULT_MODEL_ROW] == "default"
+    by_row = {r["row"]: r["psnr"] for r in result.records if r["degradation"] == "haze"}
     assert by_row["ResFlow, 1 step"] != by_row[DEFAULT_MODEL_ROW]  # two models, two results
-    assert result.environment["task_models"]["noise"]["model"] == "denoise"
-    assert "ResFlow model: `denoise`" in render_markdown(result, "cmd")
+    assert result.environment["task_models"]["haze"]["model"] == "mix"
+    assert "ResFlow model: `mix`" in render_markdown(result, "cmd")
+    retired = evaluate(images, [DEGRADATIONS["noise-15"]], {"noise": "denoise"}, steps=(1,), baselines=(),
+                       device="cpu", progress=False)
+    assert [r["name"] for r in retired.rows["noise-15"]][2:] == ["ResFlow, 1 step"]
+    assert (retired.environment["task_models"]["noise"]["sha256_16"]
+            == result.environment["task_models"]["noise"]["sha256_16"])  # the same file as `default`
+    assert ({r["row"]: r["psnr"] for r in retired.records}["ResFlow, 1 step"]
+            == {r["row"]: r["psnr"] for r in result.records if r["degradation"] == "noise-15"}["ResFlow, 1 step"])
 
 
 def test_grey_and_clean_rows_are_measured_against_their_own_targets(tiny_model, make_images):
