@@ -33,7 +33,8 @@ from .reference.sampler import PAPER_SAMPLING, SamplingSettings
 from .reference.schedule import Schedule
 from .reference.unet import UNet
 
-__all__ = ["EMBEDDED_MODELS", "MODEL_ALIASES", "LoadedModel", "ModelNotInstalledError", "resolve_model", "clear_cache"]
+__all__ = ["EMBEDDED_MODELS", "MODEL_ALIASES", "LoadedModel", "ModelNotInstalledError", "resolve_model",
+           "clear_cache"]
 
 MODELS_DIR = Path(__file__).parent / "models"
 

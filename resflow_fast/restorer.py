@@ -10,7 +10,7 @@ One restore (docs/design/architecture.md, "One restore, as data"):
     kind (imageio.py)
 
 **The margin.** The network zero-pads at the edges of what it is given, and a model meets those
-edges on every training crop, yet it still invents texture along them: up to 15 levels on the
+edges on every training crop, yet it still invents texture along them: up to 18 levels on the
 border of a flat image, and the largest errors of a photograph lie in its outer 16 pixels. Mirrored
 context moves those edges off the picture; ``margin=0`` restores the image exactly as the sampler
 would on its own. A weights file may record its model's margin: the `mix` model records 0,
@@ -100,7 +100,7 @@ DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
 #: Pixels of mirrored context added on each side of an image before it is restored, and cropped
 #: away after, for a model whose weights file records no margin of its own: the network's
-#: convolutions zero-pad at the edge of what they are given, which shows as up to 15 levels of
+#: convolutions zero-pad at the edge of what they are given, which shows as up to 18 levels of
 #: invented texture along the borders of a flat image; with the context those edges fall outside
 #: the picture (BENCHMARKS.md, "Mirrored context at the borders").
 DEFAULT_MARGIN = 16
