@@ -20,13 +20,19 @@ FLAT_LEVELS = (0, 128, 200, 255)
 
 
 def _psnr(restored: np.ndarray, target: np.ndarray, frame: int = 0) -> float:
-    """PSNR (dB) of 8-bit images, over the whole image or, with ``frame``, over its outer ``frame`` pixels."""
-    error = (restored.astype(np.float64) - target.astype(np.float64)) ** 2 / 255.0 ** 2
+    """PSNR (dB, :func:`resflow_fast.reference.metrics.psnr`) of 8-bit images, over the whole image
+    or, with ``frame``, over its outer ``frame`` pixels only."""
+    import torch
+
+    from resflow_fast.reference.metrics import psnr
+
+    keep = np.ones(restored.shape[:2], bool)
     if frame:
-        inside = np.zeros(error.shape[:2], bool)
-        inside[frame:-frame, frame:-frame] = True
-        error = error[~inside]
-    return float(-10.0 * np.log10(max(error.mean(), 1e-12)))
+        keep[frame:-frame, frame:-frame] = False
+    # the kept pixels as one (1, N, 1) plane in the model range, which psnr() maps back to [0, 1]
+    a, b = (torch.from_numpy(image[keep].astype(np.float64) / 255.0 * 2 - 1).reshape(1, -1, 1)
+            for image in (restored, target))
+    return psnr(a, b)
 
 
 def measure(model, margins: Sequence[int], degradations: Sequence[str], images, frame: int = 16,

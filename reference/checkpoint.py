@@ -219,6 +219,13 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
             "train_state": train_state, "record": record, "path": path}
 
 
+def check_margin(margin: object) -> int:
+    """A recorded or requested restore margin: a whole number of pixels, 0 or more."""
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"margin: must be a non-negative number of pixels, got {margin!r}")
+    return margin
+
+
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
                    half: bool = False, sampling: dict | None = None, margin: int | None = None) -> Path:
     """Write an inference-only weights file (EMA weights by default) from a training checkpoint.
@@ -230,8 +237,8 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_em
     (pixels) is recorded as the mirrored context the package's restorer puts around an image for
     this model (``resflow_fast.restorer``, "The margin").
     """
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
-        raise ValueError(f"margin: must be a non-negative number of pixels, got {margin!r}")
+    if margin is not None:
+        check_margin(margin)
     if sampling is not None:
         from .sampler import SamplingSettings
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .reference.checkpoint import CheckpointError, load_model, resolve_weights_path
+from .reference.checkpoint import CheckpointError, check_margin, load_model, resolve_weights_path
 from .reference.sampler import PAPER_SAMPLING, SamplingSettings
 from .reference.schedule import Schedule
 from .reference.unet import UNet
@@ -96,9 +96,12 @@ def _check_channels(unet: UNet, schedule: Schedule, source: str) -> None:
 
 def _recorded_margin(record: dict, source: str) -> int | None:
     margin = record.get("margin") if isinstance(record, dict) else None
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
-        raise CheckpointError(f"{source}: its recorded margin is invalid ({margin!r}; expected pixels >= 0)")
-    return margin
+    if margin is None:
+        return None
+    try:
+        return check_margin(margin)
+    except ValueError:
+        raise CheckpointError(f"{source}: its recorded margin is invalid ({margin!r}; expected pixels >= 0)") from None
 
 
 def _load_file(path: str | os.PathLike, device: torch.device) -> tuple[UNet, Schedule, SamplingSettings, int | None]:

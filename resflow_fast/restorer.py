@@ -84,6 +84,7 @@ import torch.nn.functional as F
 
 from .imageio import split_image
 from .embedded_models import LoadedModel, resolve_model
+from .reference.checkpoint import check_margin
 from .reference.sampler import PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample
 from .reference.schedule import Schedule
 from .reference.system import DeviceUnavailableError, UnknownDeviceError, pick_device
@@ -422,8 +423,8 @@ class Restorer:
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
             raise ValueError(f"overlap: must be a non-negative number of pixels, got {overlap!r}")
         self.overlap = overlap
-        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
-            raise ValueError(f"margin: must be a non-negative number of pixels, got {margin!r}")
+        if margin is not None:
+            check_margin(margin)
         self.max_memory = parse_memory(max_memory)
         if self.device.type == "cpu":
             configure_cpu_threads()
@@ -570,9 +571,8 @@ class Restorer:
         self.last_tile_side = side
         self.last_plan = plan
         del lq, eps
-        if mh or mw:  # a copy, so that the result does not hold on to the margin
-            restored = restored[..., mh:mh + H, mw:mw + W].clone()
-        return restored[0].add_(1.0).mul_(0.5).clamp_(0.0, 1.0)
+        # out of place: the result is a tensor of its own, not a view that holds on to the margin
+        return restored[0, :, mh:mh + H, mw:mw + W].add(1.0).mul_(0.5).clamp_(0.0, 1.0)
 
     # -- one image -------------------------------------------------------------------------------
     def _restore_one(self, image: Any, seed: int, name: str, progress: Callable[[int, int], None] | None) -> Any:
