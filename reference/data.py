@@ -251,10 +251,11 @@ class _IndexedDataset(abc.ABC):
 
     kind = "indexed"
 
-    def __init__(self, crop: int, seed: int, grey_fraction: float = 0.0):
+    def __init__(self, crop: int, seed: int, grey_fraction: float = 0.0, flat_fraction: float = 0.0):
         self.crop = _check_non_negative_int("crop", crop, minimum=8)
         self.seed = _check_non_negative_int("seed", seed)
         self.grey_fraction = _check_fraction("grey_fraction", grey_fraction)
+        self.flat_fraction = _check_fraction("flat_fraction", flat_fraction)
         self._stream: tuple[int, ...] = ()  # () for training, (VALIDATION_STREAM,) for validation
 
     @abc.abstractmethod
@@ -263,13 +264,18 @@ class _IndexedDataset(abc.ABC):
 
     def _degrade(self, hq: np.ndarray, rng: np.random.Generator,
                  degradation: Degradation) -> tuple[np.ndarray, np.ndarray]:
-        """``(hq, degradation(hq))``, or, for a ``grey_fraction`` share of samples, both made grey.
+        """``(hq, degradation(hq))``; for a ``flat_fraction`` share of samples the clean crop is first
+        replaced by its mean colour, and for a ``grey_fraction`` share both are made grey.
 
-        A grey photograph reaches an RGB model as three equal channels whose noise (or JPEG
-        blocks) is the same in each: the grey image is degraded once and then repeated, never
-        degraded per channel. No draw is taken when the fraction is 0, so runs without grey
-        samples keep their exact data stream.
+        A flat crop teaches the network that a region with no structure has none to restore:
+        its velocity must not answer the auxiliary variable with texture. The mean colour keeps
+        the colours photographs have. A grey photograph reaches an RGB model as three equal
+        channels whose noise (or JPEG blocks) is the same in each: the grey image is degraded once
+        and then repeated, never degraded per channel. No draw is taken when a fraction is 0, so
+        runs without flat or grey samples keep their exact data stream.
         """
+        if self.flat_fraction > 0.0 and rng.random() < self.flat_fraction:
+            hq = np.broadcast_to(hq.mean(axis=(0, 1), dtype=np.float64).astype(np.float32), hq.shape).copy()
         if self.grey_fraction > 0.0 and hq.shape[2] == 3 and rng.random() < self.grey_fraction:
             grey = np.tensordot(hq, _LUMA_WEIGHTS, axes=([2], [0]))[..., None].astype(np.float32)
             lq = degradation(grey, rng)
@@ -300,8 +306,11 @@ class _IndexedDataset(abc.ABC):
         """JSON-able provenance for checkpoints."""
         described = {"kind": self.kind, "root": None, "degradation": None, "crop": self.crop, "seed": self.seed,
                      "files": 0}
-        if self.grey_fraction:  # recorded only when used, so older records compare equal
+        # recorded only when used, so older records compare equal
+        if self.grey_fraction:
             described["grey_fraction"] = self.grey_fraction
+        if self.flat_fraction:
+            described["flat_fraction"] = self.flat_fraction
         return described
 
     def __repr__(self) -> str:
@@ -315,8 +324,8 @@ class ProceduralDataset(_IndexedDataset):
     kind = "procedural"
 
     def __init__(self, degradation: str | Degradation, crop: int = 64, seed: int = 0, channels: int = 3,
-                 grey_fraction: float = 0.0):
-        super().__init__(crop, seed, grey_fraction)
+                 grey_fraction: float = 0.0, flat_fraction: float = 0.0):
+        super().__init__(crop, seed, grey_fraction, flat_fraction)
         if channels not in (1, 3):
             raise ValueError(f"ProceduralDataset channels must be 1 or 3, got {channels!r}")
         self.channels = channels
@@ -342,8 +351,8 @@ class CleanFolderDataset(_IndexedDataset):
 
     def __init__(self, root: str | Path, degradation: str | Degradation, crop: int = 64, seed: int = 0,
                  recursive: bool = True, cache_megabytes: float = _DEFAULT_CACHE_MEGABYTES,
-                 grey_fraction: float = 0.0, file_weighting: str = "uniform"):
-        super().__init__(crop, seed, grey_fraction)
+                 grey_fraction: float = 0.0, file_weighting: str = "uniform", flat_fraction: float = 0.0):
+        super().__init__(crop, seed, grey_fraction, flat_fraction)
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"clean image folder not found: {self.root}")
@@ -481,10 +490,11 @@ class MixedDataset:
 
 def build_dataset(data: str | list[str] | tuple[str, ...], degradation: str | None, crop: int, seed: int,
                   channels: int = 3, grey_fraction: float = 0.0,
-                  file_weighting: str = "uniform") -> _IndexedDataset | MixedDataset:
+                  file_weighting: str = "uniform", flat_fraction: float = 0.0) -> _IndexedDataset | MixedDataset:
     """:func:`build_one_dataset` for one ``data`` string; a list of them gives a :class:`MixedDataset`
     (each part with the same degradation, crop, seed and options)."""
-    options = dict(channels=channels, grey_fraction=grey_fraction, file_weighting=file_weighting)
+    options = dict(channels=channels, grey_fraction=grey_fraction, file_weighting=file_weighting,
+                   flat_fraction=flat_fraction)
     if isinstance(data, (list, tuple)):
         if len(data) == 1:
             return build_one_dataset(data[0], degradation, crop, seed, **options)
@@ -493,7 +503,8 @@ def build_dataset(data: str | list[str] | tuple[str, ...], degradation: str | No
 
 
 def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, channels: int = 3,
-                      grey_fraction: float = 0.0, file_weighting: str = "uniform") -> _IndexedDataset:
+                      grey_fraction: float = 0.0, file_weighting: str = "uniform",
+                      flat_fraction: float = 0.0) -> _IndexedDataset:
     """Pick a dataset from a ``data`` string.
 
     * ``"procedural"``: :class:`ProceduralDataset` (``degradation`` required);
@@ -501,13 +512,13 @@ def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, 
       paired data is already degraded);
     * any other folder: :class:`CleanFolderDataset` of the images under it (``degradation`` required).
 
-    ``grey_fraction`` applies to the datasets that degrade on the fly, ``file_weighting`` to
+    ``grey_fraction`` and ``flat_fraction`` apply to the datasets that degrade on the fly, ``file_weighting`` to
     clean-image folders. Raises :class:`DataError` naming the path when it does not exist or
     holds no images.
     """
     if data == "procedural":
         return ProceduralDataset(_as_degradation(degradation, "data 'procedural'"), crop, seed, channels,
-                                 grey_fraction=grey_fraction)
+                                 grey_fraction=grey_fraction, flat_fraction=flat_fraction)
     root = Path(data)
     if not root.exists():
         raise DataError(f"data path does not exist: {root} (expected 'procedural', a folder of clean "
@@ -522,12 +533,13 @@ def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, 
         if degradation is not None:
             raise DataError(f"{root} holds paired data (lq/ and hq/), which is already degraded; "
                             f"got degradation {degradation!r}, pass none")
-        if grey_fraction:
-            raise DataError(f"{root} holds paired data (lq/ and hq/), which is already degraded; "
-                            f"grey_fraction makes grey samples before degrading and cannot apply to it")
+        for name, fraction in (("grey_fraction", grey_fraction), ("flat_fraction", flat_fraction)):
+            if fraction:
+                raise DataError(f"{root} holds paired data (lq/ and hq/), which is already degraded; "
+                                f"{name} changes clean samples before degrading and cannot apply to it")
         return PairedFolderDataset(root, crop, seed)  # names the missing half if only one exists
     return CleanFolderDataset(root, _as_degradation(degradation, f"clean image folder {root}"), crop, seed,
-                              grey_fraction=grey_fraction, file_weighting=file_weighting)
+                              grey_fraction=grey_fraction, file_weighting=file_weighting, flat_fraction=flat_fraction)
 
 
 def validation_set(dataset: _IndexedDataset | MixedDataset, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", type=int)
     t.add_argument("--grey-fraction", dest="grey_fraction", type=float,
                    help="share of samples made grey (three equal channels) before degrading (default 0)")
+    t.add_argument("--flat-fraction", dest="flat_fraction", type=float,
+                   help="share of clean crops replaced by their mean colour before degrading, so flat "
+                        "regions stay flat (default 0)")
     t.add_argument("--file-weighting", dest="file_weighting", choices=["uniform", "area"],
                    help="pick image-folder files uniformly (default) or by pixel count")
     t.add_argument("--batch-size", dest="batch_size", type=int)

@@ -423,6 +423,54 @@ def test_paired_data_refuses_grey_fraction(tmp_path):
         build_dataset(str(make_pairs(tmp_path / "p")), None, 16, 0, grey_fraction=0.5)
 
 
+# ------------------------------------------------------------------------------------------------
+# flat samples
+# ------------------------------------------------------------------------------------------------
+def test_flat_samples_are_the_crops_mean_colour_then_degraded(tmp_path):
+    save(tmp_path / "c.png", random_uint8(24, 24, seed=5))
+    photo = CleanFolderDataset(tmp_path, "noise:0", crop=24, seed=0)
+    flat = CleanFolderDataset(tmp_path, "noise:25", crop=24, seed=0, flat_fraction=1.0)
+    hq_photo = from_model_range(photo.sample(0)[0])
+    hq_flat, lq_flat = (from_model_range(x) for x in flat.sample(0))  # same crop: the draws before agree
+    np.testing.assert_allclose(hq_flat, np.broadcast_to(hq_photo.mean(axis=(0, 1)), hq_photo.shape), atol=1e-5)
+    assert lq_flat.std(axis=(0, 1)).min() > 0.05  # the degradation still applies: sigma 25 is 0.098
+
+
+def test_flat_and_grey_together_give_a_flat_grey_crop(clean_folder):
+    dataset = CleanFolderDataset(clean_folder, "noise:0", crop=16, seed=1, flat_fraction=1.0, grey_fraction=1.0)
+    hq, _ = dataset.sample(0)
+    assert torch.equal(hq, hq[0, 0, 0].expand_as(hq))
+
+
+def test_flat_fraction_zero_keeps_the_data_stream(clean_folder):
+    before = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, grey_fraction=0.2)
+    after = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, grey_fraction=0.2, flat_fraction=0.0)
+    for index in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(before.sample(index), after.sample(index)))
+    assert "flat_fraction" not in after.describe()
+
+
+def test_flat_fraction_is_a_share_of_samples_and_recorded(clean_folder):
+    dataset = CleanFolderDataset(clean_folder, "noise:0", crop=8, seed=0, flat_fraction=0.3)
+    flat = sum(bool(torch.equal(hq, hq[:, :1, :1].expand_as(hq))) for hq, _ in (dataset.sample(i) for i in range(200)))
+    assert 35 <= flat <= 85  # 60 expected; the random images are never flat by themselves
+    assert dataset.describe()["flat_fraction"] == 0.3
+    procedural = build_dataset("procedural", "noise:10", 16, 0, flat_fraction=1.0)
+    hq, _ = procedural.sample(0)
+    assert torch.equal(hq, hq[:, :1, :1].expand_as(hq))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
+def test_flat_fraction_is_validated(clean_folder, bad):
+    with pytest.raises(ValueError, match="flat_fraction"):
+        CleanFolderDataset(clean_folder, "noise", crop=8, flat_fraction=bad)
+
+
+def test_paired_data_refuses_flat_fraction(tmp_path):
+    with pytest.raises(DataError, match="flat_fraction"):
+        build_dataset(str(make_pairs(tmp_path / "p")), None, 16, 0, flat_fraction=0.5)
+
+
 def test_area_weighting_picks_files_by_pixel_count(tmp_path):
     save(tmp_path / "big.png", np.full((120, 100, 3), 200, np.uint8))    # 12,000 px
     save(tmp_path / "small.png", np.full((40, 30, 3), 50, np.uint8))     # 1,200 px

@@ -85,15 +85,16 @@ def test_resume_refuses_another_model(tmp_path):
         Trainer(_tiny(tmp_path / "empty", steps=2), resume=True, progress=False)
 
 
-def test_loss_weight_floor_grey_and_weighting_reach_the_run(tmp_path):
+def test_loss_weight_floor_grey_flat_and_weighting_reach_the_run(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (24, 20), (200, 30, 90)).save(photos / "a.png")
     config = _tiny(tmp_path, steps=1, loss_weight_floor=0.2, data=str(photos), grey_fraction=0.5,
-                   file_weighting="area")
+                   file_weighting="area", flat_fraction=0.1)
     trainer = Trainer(config, progress=False)
     assert trainer.schedule.weight_floor == 0.2
     assert trainer.dataset.grey_fraction == 0.5 and trainer.dataset.file_weighting == "area"
+    assert trainer.dataset.flat_fraction == 0.1
     trainer.fit()
     with pytest.raises(CheckpointError, match="loss_weight_floor=0.2, this run asks for loss_weight_floor=0.0"):
         Trainer(_tiny(tmp_path, steps=2, data=str(photos), grey_fraction=0.5, file_weighting="area"),
