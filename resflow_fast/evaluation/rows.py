@@ -108,10 +108,11 @@ def describe_device(device: torch.device) -> str:
 def _resflow_row(name: str | None, group: str, model: str, sampling: SamplingSettings | None, device: str,
                  dtype: str) -> Row:
     """A ResFlow row: ``sampling`` None runs the model's recorded settings, and ``name`` None
-    names the row after them."""
+    names the row after them. The crop is restored as ``restore()`` restores it, mirrored margin
+    and default tiles included, so the rows are what a user gets."""
     from ..restorer import Restorer
 
-    restorer = Restorer(model, device=device, dtype=dtype, tile=None, sampling=sampling)
+    restorer = Restorer(model, device=device, dtype=dtype, sampling=sampling)
     if name is None:
         name = f"ResFlow at its settings ({settings_label(restorer.sampling)})"
     return Row(name, group, lambda lq, deg: restorer.restore(lq, seed=0), describe_device(restorer.device), model,

@@ -87,3 +87,17 @@ def test_grey_and_clean_rows_are_measured_against_their_own_targets(tiny_model, 
     clean = {r["row"]: r for r in result.records if r["degradation"] == "clean"}
     assert set(clean) == {"degraded input", SHIPPED, "ResFlow, 1 step"}
     assert np.isfinite(clean[SHIPPED]["psnr"])
+
+
+def test_resflow_rows_are_what_restore_gives_at_its_defaults(tiny_model, make_images):
+    """A 256-px crop becomes 288 px with the 16-px margin, which the default tiling cuts into 2x2
+    tiles: the shipped row must score that output, not a one-piece restore of the crop."""
+    from resflow_fast import restore
+
+    image = make_images(256)[0]
+    result = evaluate([image], [DEGRADATIONS["noise-25"]], {"noise": tiny_model}, steps=(1,), baselines=(),
+                      device="cpu", progress=False)
+    lq = DEGRADATIONS["noise-25"].apply(image.clean, image.name)
+    shipped = {r["row"]: r["psnr"] for r in result.records}[SHIPPED]
+    assert shipped == image_metrics(restore(lq, model=tiny_model, seed=0), image.clean)[0]
+    assert shipped != image_metrics(restore(lq, model=tiny_model, seed=0, tile=None), image.clean)[0]
