@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Training on a lent GPU, resumed from a checkpoint carried in, on a machine with no network:
+# Training on a GPU machine whose minutes are counted, resumed from a checkpoint carried in, on a machine with no network:
 #
 #   bash benchmarks/train_on_gpu.sh "$OUT" [RUN_DIR]      over within DEADLINE_S (480) seconds
 #

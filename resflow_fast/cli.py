@@ -228,8 +228,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
                             margin=args.margin, fused_conv=args.fused_conv, max_memory=args.max_memory,
                             **_sampling_options(args))
     except ModelNotInstalledError:
-        raise UsageError("--model is required until the embedded default model ships: give a weights file, a "
-                         "checkpoint folder or a run folder (see `resflow train` or `resflow demo`)") from None
+        # the package was installed without its weights files (a partial copy, or files removed)
+        raise UsageError(f"the embedded {args.model!r} model is not installed in this copy of the package; "
+                         "reinstall resflow-fast, or give --model a weights file, a checkpoint folder or a run "
+                         "folder") from None
     inputs, skipped_folders = _collect_inputs(args.inputs, args.recursive)
     out = Path(args.output)
     single_file = _output_is_a_file(out)
@@ -347,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (torchrun for several processes)")
-    t.add_argument("--preset", choices=list(PRESETS))
+    t.add_argument("--preset", choices=list(PRESETS),
+                   help="U-Net size (default: test, the small preset for quick checks; the embedded models are default)")
     t.add_argument("--schedule", choices=list(SCHEDULES))
     t.add_argument("--beta", type=float)
     t.add_argument("--gamma", type=float)

@@ -10,12 +10,12 @@ One restore (docs/design/architecture.md, "One restore, as data"):
     kind (imageio.py)
 
 **The margin.** The network zero-pads at the edges of what it is given, and a model meets those
-edges on every training crop, yet it still invents texture along them: up to 18 levels on the
-border of a flat image, and the largest errors of a photograph lie in its outer 16 pixels. Mirrored
-context moves those edges off the picture; ``margin=0`` restores the image exactly as the sampler
-would on its own. A weights file may record its model's margin: the `mix` model records 0,
-because its dehazing reads the statistics of the whole image, which a mirrored border shifts
-(-0.8 dB on the hazy example with 16 pixels).
+edges on every training crop, yet it still invents texture along them, on a flat image and in the
+outer pixels of a photograph. Mirrored context moves those edges off the picture; ``margin=0``
+restores the image exactly as the sampler would on its own. A weights file may record its
+model's margin: the `mix` model records 0, because its dehazing reads the statistics of the whole
+image, which a mirrored border shifts (BENCHMARKS.md, "Mirrored context at the borders", has
+the measurements).
 
 **Tiles, and what attention sees.** The U-Net has self-attention at 1/8 resolution and in its
 middle; over a whole image its cost grows with the square of the pixel count. By default
@@ -101,9 +101,9 @@ DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
 #: Pixels of mirrored context added on each side of an image before it is restored, and cropped
 #: away after, for a model whose weights file records no margin of its own: the network's
-#: convolutions zero-pad at the edge of what they are given, which shows as up to 18 levels of
-#: invented texture along the borders of a flat image; with the context those edges fall outside
-#: the picture (BENCHMARKS.md, "Mirrored context at the borders").
+#: convolutions zero-pad at the edge of what they are given, which shows as invented texture
+#: along the borders of a flat image; with the context those edges fall outside the picture
+#: (BENCHMARKS.md, "Mirrored context at the borders", has the measurement).
 DEFAULT_MARGIN = 16
 #: Smallest tile side the memory budget and the out-of-memory retries go down to.
 MIN_TILE = 64

@@ -587,7 +587,7 @@ def test_cli_a_failed_write_keeps_the_previous_output(tmp_path, checkpoint, monk
     (["missing.png", "-o", "out", "--model", "{ckpt}"], "missing.png: no such file or folder"),
     (["*.nothing", "-o", "out", "--model", "{ckpt}"], "*.nothing: no files match"),
     (["in.png", "-o", "out", "--model", "denoise-xl"], "unknown model 'denoise-xl'"),
-    (["in.png", "-o", "out"], "--model is required until the embedded default model ships"),
+    (["in.png", "-o", "out"], "the embedded 'default' model is not installed in this copy of the package; reinstall"),
     (["in.png", "-o", "out.psd", "--model", "{ckpt}"], "Pillow cannot write '.psd' files"),
     (["in.png", "-o", "in.png", "--model", "{ckpt}"], "would overwrite its own input"),
     (["in.png", "-o", "out", "--model", "{ckpt}", "--tile", "8"], "tile: expected"),
