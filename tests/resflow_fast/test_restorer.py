@@ -310,12 +310,19 @@ def test_a_uniform_change_leaves_a_flat_image_flat_across_tiles(random_unet):
     assert np.ptp(out) == 0 and out[0, 0, 0] != 128  # moved, and moved alike everywhere
 
 
-@pytest.mark.parametrize("level", [0, 255, pytest.param(128, marks=pytest.mark.xfail(
-    strict=True, reason="the default model still invents 4 to 5 levels of texture inside a mid-grey flat image "
-    "(1 to 2 at 0 and 255, with the margin); the restore path itself adds none (the tests above)"))])
-def test_a_flat_image_comes_back_within_2_levels_from_the_default_model(level):
-    flat = np.full((64, 64, 3), level, np.uint8)
-    assert np.abs(restore(flat).astype(int) - level).max() <= 2
+_MID_LEVEL_TEXTURE = pytest.mark.xfail(
+    strict=True, reason="the default model still invents 3 levels of texture where a channel sits at mid-level "
+    "(128, about 0 in the model's range); the restore path itself adds none (the tests above)")
+
+
+@pytest.mark.parametrize("colour", [(0, 0, 0), (64, 64, 64), (100, 100, 100), (160, 160, 160), (200, 200, 200),
+                                    (255, 255, 255), (30, 120, 60), (220, 180, 140),
+                                    pytest.param((128, 128, 128), marks=_MID_LEVEL_TEXTURE),
+                                    pytest.param((128, 64, 200), marks=_MID_LEVEL_TEXTURE)], ids=str)
+def test_a_flat_image_comes_back_within_2_levels_from_the_default_model(colour):
+    flat = np.broadcast_to(np.array(colour, np.uint8), (64, 64, 3))
+    for seed in (0, 1, 2):
+        assert np.abs(restore(flat, seed=seed).astype(int) - flat).max() <= 2, f"seed {seed}"
 
 
 # ----------------------------------------------------------------------------------------------
