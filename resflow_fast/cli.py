@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("training-photos", help="gather the photographs the embedded models train on "
+    p = sub.add_parser("training-photos", help="gather the photographs the embedded `default` model trains on "
                        "(Debian wallpaper packages, scikit-image, scikit-learn), each checked by SHA-256")
     p.add_argument("out", metavar="OUT", help="folder to copy them into (created; files already right are kept)")
     p.set_defaults(func=cmd_training_photos)

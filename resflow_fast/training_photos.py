@@ -1,4 +1,4 @@
-"""The photographs the embedded models are trained on: where each comes from, and how to gather them.
+"""The photographs the embedded `default` model is trained on: where each comes from, and how to gather them.
 
 Every file is a natural photograph shipped inside a package anyone can install: Debian's
 wallpaper packages (``apt-get download`` + ``dpkg -x``, no root needed), scikit-image's data
