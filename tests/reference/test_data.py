@@ -412,15 +412,17 @@ def test_grey_fraction_is_a_share_of_samples(clean_folder):
     assert 35 <= grey <= 85  # 60 expected; the random images are never grey by themselves
 
 
+@pytest.mark.parametrize("option", ["grey_fraction", "flat_fraction"])
 @pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
-def test_grey_fraction_is_validated(clean_folder, bad):
-    with pytest.raises(ValueError, match="grey_fraction"):
-        CleanFolderDataset(clean_folder, "noise", crop=8, grey_fraction=bad)
+def test_sample_fractions_are_validated(clean_folder, option, bad):
+    with pytest.raises(ValueError, match=option):
+        CleanFolderDataset(clean_folder, "noise", crop=8, **{option: bad})
 
 
-def test_paired_data_refuses_grey_fraction(tmp_path):
-    with pytest.raises(DataError, match="grey_fraction"):
-        build_dataset(str(make_pairs(tmp_path / "p")), None, 16, 0, grey_fraction=0.5)
+@pytest.mark.parametrize("option", ["grey_fraction", "flat_fraction"])
+def test_paired_data_refuses_sample_fractions(tmp_path, option):
+    with pytest.raises(DataError, match=option):
+        build_dataset(str(make_pairs(tmp_path / "p")), None, 16, 0, **{option: 0.5})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -459,16 +461,6 @@ def test_flat_fraction_is_a_share_of_samples_and_recorded(clean_folder):
     hq, _ = procedural.sample(0)
     assert torch.equal(hq, hq[:, :1, :1].expand_as(hq))
 
-
-@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
-def test_flat_fraction_is_validated(clean_folder, bad):
-    with pytest.raises(ValueError, match="flat_fraction"):
-        CleanFolderDataset(clean_folder, "noise", crop=8, flat_fraction=bad)
-
-
-def test_paired_data_refuses_flat_fraction(tmp_path):
-    with pytest.raises(DataError, match="flat_fraction"):
-        build_dataset(str(make_pairs(tmp_path / "p")), None, 16, 0, flat_fraction=0.5)
 
 
 def test_area_weighting_picks_files_by_pixel_count(tmp_path):
