@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 __all__ = ["DeviceError", "UnknownDeviceError", "DeviceUnavailableError", "pick_device", "local_gpu_index",
-           "atomic_write_bytes", "atomic_write_files", "atomic_write_dir"]
+           "native_bf16", "atomic_write_bytes", "atomic_write_files", "atomic_write_dir"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,6 +45,19 @@ def local_gpu_index(local_rank: int | None = None) -> int:
         rank = os.environ.get("LOCAL_RANK")  # current_device() only when needed: it initialises CUDA
         local_rank = int(rank) if rank is not None else torch.cuda.current_device()
     return local_rank % torch.cuda.device_count()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matrix products in hardware, so that bf16 autocast is faster
+    there rather than emulated: a CUDA GPU with bf16, or a CPU with AMX tiles or AVX-512 BF16 (where
+    oneDNN runs bf16 convolutions at about twice the fp32 rate). Elsewhere autocast would only add casts."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # torch's own CPU feature probes; private, so a torch without them counts as "no".
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
 
 
 def pick_device(requested: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:

@@ -1,4 +1,5 @@
-"""The ResFlow trainer: velocity matching with Adam, EMA, gradient clipping and bf16 autocast on CUDA.
+"""The ResFlow trainer: velocity matching with Adam, EMA, gradient clipping and bf16 autocast where
+the device computes bf16 in hardware (a CUDA GPU, or a CPU with AMX or AVX-512 BF16).
 
 One process, or several under ``torchrun`` (DistributedDataParallel: nccl on GPUs, gloo on CPUs).
 
@@ -15,6 +16,8 @@ import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -33,7 +36,7 @@ from .losses import velocity_matching_loss
 from .metrics import psnr
 from .sampler import euler_sample
 from .schedule import Schedule
-from .system import atomic_write_bytes, pick_device
+from .system import atomic_write_bytes, native_bf16, pick_device
 from .unet import UNet, count_parameters, preset_config
 
 RECORD_VERSION = 1
@@ -73,7 +76,7 @@ class TrainConfig:
     val_steps: int = 4
     max_minutes: float | None = None   # stop (and checkpoint) after this much wall time
     device: str = "auto"
-    amp: bool = True                   # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True                   # bf16 autocast where the device has bf16 arithmetic (system.native_bf16)
     init_from: str | None = None       # start a new run from these weights (fine-tuning); see Trainer
 
     def __post_init__(self) -> None:
@@ -138,6 +141,8 @@ class Trainer:
         self.loss_fn, self.sample_fn = loss_fn, sample_fn
         self.rank, self.world_size, local_rank = _world()
         self.device = pick_device(config.device, local_rank)
+        # fp32 weights, optimizer state and loss; the forward and backward in bf16 where that is fast
+        self.autocast = config.amp and native_bf16(self.device)
         if self.device.type == "cuda":
             # Triton launches on the current device, whatever device its tensors are on
             torch.cuda.set_device(self.device)
@@ -261,8 +266,7 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
 
         self.model.train()
-        use_amp = cfg.amp and self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss = self.loss_fn(self.net, hq, lq, t, eps, self.schedule)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -367,7 +371,7 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train to ``config.steps`` (or ``max_minutes``); checkpoint and validate on schedule.
+        """Train to ``config.steps`` (or ``max_minutes``, or a SIGTERM); checkpoint and validate on schedule.
 
         Returns the final step, checkpoint and validation, and the run's throughput in samples per
         second (all ranks; validation and checkpoint time included)."""
@@ -377,16 +381,20 @@ class Trainer:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                       desc="train (bf16 autocast)" if self.autocast else "train (fp32)")
         last_path, saved_step, loss = None, None, torch.tensor(float("nan"))
         batches = self._prefetched_batches() if cfg.data_workers > 0 else None
         first_step = self.step
+        self.stop_requested = False
+        restore_handler = self._stop_on_sigterm()
         try:
             while self.step < cfg.steps:
                 loss = self.train_step(next(batches) if batches is not None else None)
-                out_of_time = False
-                if cfg.max_minutes is not None and self.step % 10 == 0:
-                    out_of_time = time.monotonic() - start > 60 * cfg.max_minutes
+                out_of_time = self.stop_requested and self.world_size == 1
+                if self.step % 10 == 0 and (cfg.max_minutes is not None or self.world_size > 1):
+                    out_of_time = self.stop_requested or (
+                        cfg.max_minutes is not None and time.monotonic() - start > 60 * cfg.max_minutes)
                     if self.world_size > 1:
                         # every rank must stop at the same step, or DDP hangs in the next all-reduce
                         flag = torch.tensor([float(out_of_time)], device=self.device)
@@ -406,6 +414,7 @@ class Trainer:
                 if out_of_time:
                     break
         finally:
+            restore_handler()
             if batches is not None:
                 batches.close()  # stops the workers
             if bar is not None:
@@ -420,6 +429,20 @@ class Trainer:
         return {"step": self.step, "checkpoint": str(last_path) if last_path else None,
                 "samples_per_second": samples / elapsed if elapsed > 0 else None,
                 "validation": self.history[-1] if self.history else None}
+
+    def _stop_on_sigterm(self) -> Callable[[], None]:
+        """Make SIGTERM (``kill PID``, a scheduler's stop) end the run as ``max_minutes`` does: after
+        the current step, with a validation and a checkpoint of that step, so nothing trained is lost.
+        Returns the function that puts the previous handler back. Only the main thread may set
+        signal handlers; elsewhere (a notebook's worker thread) SIGTERM keeps its usual meaning."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def request_stop(signum, frame):
+            self.stop_requested = True
+
+        previous = signal.signal(signal.SIGTERM, request_stop)
+        return lambda: signal.signal(signal.SIGTERM, previous)
 
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():

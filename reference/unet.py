@@ -22,6 +22,7 @@ The network works at any H x W: :meth:`UNet.forward` reflect-pads to the network
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -376,7 +377,12 @@ class UNet(nn.Module):
         z, size = pad_to_multiple(z, self.multiple)
         emb = self.time_embedding(t)
 
-        h = self.input_conv(z)
+        # The image in and the velocity out stay fp32 under autocast. bf16 keeps 8 significant bits,
+        # half an 8-bit level near the top of the range: the faint noise and fine detail the network
+        # has to tell apart, and the small residual the loss measures, would be rounded away. The two
+        # convolutions have 3 channels on one side, a small share of the work.
+        with _autocast_off(z.device):
+            h = self.input_conv(z.to(self.input_conv.weight.dtype))
         skips = [h]
         for stage in self.down:
             h = stage(h, emb)
@@ -385,8 +391,18 @@ class UNet(nn.Module):
             h = stage(h, emb)
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb)
-        h = self.out_conv(F.silu(self.out_norm(h)))
+        with _autocast_off(z.device):
+            h = self.out_conv(F.silu(self.out_norm(h.to(self.out_conv.weight.dtype))))
         return crop_to(h, size)
+
+
+def _autocast_off(device: torch.device):
+    """Autocast switched off on ``device`` inside the block; a no-op where it is not on (and on
+    device types autocast does not know, such as ``meta``)."""
+    kind = device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
 
 
 def build_unet(preset: str = "default", image_channels: int = 3, auxiliary: bool = True, **overrides) -> UNet:

@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-images", dest="val_images", type=int)
     t.add_argument("--max-minutes", dest="max_minutes", type=float)
     t.add_argument("--device")
-    t.add_argument("--no-amp", dest="amp", action="store_const", const=False)
+    t.add_argument("--no-amp", dest="amp", action="store_const", const=False,
+                   help="train in fp32 throughout (default: bf16 autocast on a GPU, or a CPU with AMX or AVX-512 BF16)")
     t.add_argument("--resume", nargs="?", const=True, default=None,
                    help="continue the latest checkpoint in --out-dir, or the given checkpoint folder")
     t.add_argument("--init-from", dest="init_from",

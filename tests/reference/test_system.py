@@ -25,6 +25,20 @@ def no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, True), (False, True, True), (False, False, False)])
+def test_a_cpu_has_native_bf16_when_torchs_probes_find_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert system.native_bf16(torch.device("cpu")) is expected
+
+
+def test_a_torch_without_the_cpu_probes_counts_as_no_native_bf16(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert system.native_bf16(torch.device("cpu")) is False
+    assert system.native_bf16(torch.device("meta")) is False
+
+
 @pytest.mark.parametrize("requested", ["auto", None])
 def test_auto_is_the_cpu_without_cuda(no_gpu, requested):
     assert pick_device(requested) == torch.device("cpu")

@@ -147,3 +147,21 @@ def test_modulated_group_norm_is_the_formula_and_its_affine_form(modulated):
     center = group_mean.repeat_interleave(c // groups, dim=1)[:, :, None, None]
     affine = a[:, :, None, None] * (x - center) + b[:, :, None, None]
     torch.testing.assert_close(torch.nn.functional.silu(affine), got, atol=1e-5, rtol=1e-5)
+
+
+def test_under_bf16_autocast_the_image_in_and_the_velocity_out_stay_fp32(random_unet):
+    """Autocast lowers the inner layers only: input_conv reads the fp32 image and out_conv writes
+    fp32 (unet.py, UNet.forward). The inner bf16 layers leave the result near the fp32 one."""
+    model = random_unet()  # random output convs: zero-initialised ones give v = 0 in any precision
+    z = torch.randn(1, model.config.in_channels, 24, 24)
+    seen = {}
+    for name in ("input_conv", "out_conv"):
+        getattr(model, name).register_forward_pre_hook(
+            lambda module, args, name=name: seen.update({name: args[0].dtype}))  # None: args unchanged
+    with torch.no_grad():
+        exact = model(z, 0.4)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lowered = model(z, 0.4)
+    assert seen == {"input_conv": torch.float32, "out_conv": torch.float32} and lowered.dtype == torch.float32
+    assert ((lowered - exact).norm() / exact.norm()).item() < 2e-2  # bf16 keeps 8 significant bits
