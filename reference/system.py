@@ -48,11 +48,11 @@ def local_gpu_index(local_rank: int | None = None) -> int:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 matrix products in hardware, so that bf16 autocast is faster
-    there rather than emulated: a CUDA GPU with bf16, or a CPU with AMX tiles or AVX-512 BF16 (where
-    oneDNN runs bf16 convolutions at about twice the fp32 rate). Elsewhere autocast would only add casts."""
+    """Whether ``device`` computes bf16 matrix products in hardware, so that bf16 autocast speeds it
+    up instead of emulating bf16: a CUDA GPU of compute capability 8.0 or later (Ampere on), or a
+    CPU with AMX tiles or AVX-512 BF16 (oneDNN's bf16 kernels). Elsewhere autocast would only add casts."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         # torch's own CPU feature probes; private, so a torch without them counts as "no".
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")

@@ -155,6 +155,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = UNet(self.unet_config).to(self.device)
+        self.model.fp32_ends = self.autocast  # the image in and the velocity out in fp32 (UNet.forward)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.dataset = build_dataset(config.data, config.degradation, config.crop, config.seed,
@@ -314,6 +315,7 @@ class Trainer:
             "data": self.dataset.describe(),
             "seed": self.config.seed,
             "world_size": self.world_size,
+            "autocast": "bf16" if self.autocast else None,  # what ran, which config.amp alone does not say
             "parameters": count_parameters(self.model),
             "history": self.history[-20:],  # the full history is in train_state.pt and history.json
         }
@@ -413,18 +415,23 @@ class Trainer:
                     last_path, saved_step = self.save(), self.step
                 if out_of_time:
                     break
-        finally:
+        except BaseException:
             restore_handler()
+            raise
+        finally:
             if batches is not None:
                 batches.close()  # stops the workers
             if bar is not None:
                 bar.close()
         elapsed = time.monotonic() - start
-        if self.rank == 0 and (not self.history or self.history[-1]["step"] != self.step):
-            self.history.append(dict(self.validate(), loss=float(loss)))
-        # the same decision on every rank: save() holds a barrier all of them must reach
-        if saved_step != self.step:
-            last_path, saved_step = self.save(), self.step
+        try:  # a second SIGTERM during the last validation and save changes nothing: they finish
+            if self.rank == 0 and (not self.history or self.history[-1]["step"] != self.step):
+                self.history.append(dict(self.validate(), loss=float(loss)))
+            # the same decision on every rank: save() holds a barrier all of them must reach
+            if saved_step != self.step:
+                last_path, saved_step = self.save(), self.step
+        finally:
+            restore_handler()
         samples = (self.step - first_step) * cfg.batch_size * self.world_size
         return {"step": self.step, "checkpoint": str(last_path) if last_path else None,
                 "samples_per_second": samples / elapsed if elapsed > 0 else None,
@@ -432,7 +439,8 @@ class Trainer:
 
     def _stop_on_sigterm(self) -> Callable[[], None]:
         """Make SIGTERM (``kill PID``, a scheduler's stop) end the run as ``max_minutes`` does: after
-        the current step, with a validation and a checkpoint of that step, so nothing trained is lost.
+        the current step (under torchrun, at the next multiple of 10 steps, where the ranks agree on
+        it), with a validation and a checkpoint of that step, so nothing trained is lost.
         Returns the function that puts the previous handler back. Only the main thread may set
         signal handlers; elsewhere (a notebook's worker thread) SIGTERM keeps its usual meaning."""
         if threading.current_thread() is not threading.main_thread():
@@ -442,6 +450,8 @@ class Trainer:
             self.stop_requested = True
 
         previous = signal.signal(signal.SIGTERM, request_stop)
+        if previous is None:  # a handler set outside Python: the closest Python can put back
+            previous = signal.SIG_DFL
         return lambda: signal.signal(signal.SIGTERM, previous)
 
     def close(self) -> None:

@@ -309,7 +309,12 @@ def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class UNet(nn.Module):
-    """The ResFlow velocity network ``v_theta(z_t, t)``: (B, in, H, W), (B,) -> (B, out, H, W)."""
+    """The ResFlow velocity network ``v_theta(z_t, t)``: (B, in, H, W), (B,) -> (B, out, H, W).
+
+    ``fp32_ends`` (off unless set; the trainer sets it when it trains under autocast) keeps the
+    first and last convolution in fp32 under autocast: see :meth:`forward`."""
+
+    fp32_ends: bool = False
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -377,12 +382,14 @@ class UNet(nn.Module):
         z, size = pad_to_multiple(z, self.multiple)
         emb = self.time_embedding(t)
 
-        # The image in and the velocity out stay fp32 under autocast. bf16 keeps 8 significant bits,
-        # half an 8-bit level near the top of the range: the faint noise and fine detail the network
-        # has to tell apart, and the small residual the loss measures, would be rounded away. The two
-        # convolutions have 3 channels on one side, a small share of the work.
-        with _autocast_off(z.device):
-            h = self.input_conv(z.to(self.input_conv.weight.dtype))
+        # With fp32_ends the image in and the velocity out stay fp32 under autocast. bf16 keeps 8
+        # significant bits, half an 8-bit level near the top of the range: the faint noise and fine
+        # detail the network has to tell apart, and the small residual the training loss measures,
+        # would be rounded away. The two convolutions have 3-6 channels on one side, a small share
+        # of the work. Off by default, so inference under autocast is the plain autocast model
+        # (the benchmarks' baselines, which the fast path's bf16 network is measured against).
+        with _autocast_off(z.device, self.fp32_ends):
+            h = self.input_conv(z.to(self.input_conv.weight.dtype) if self.fp32_ends else z)
         skips = [h]
         for stage in self.down:
             h = stage(h, emb)
@@ -391,16 +398,16 @@ class UNet(nn.Module):
             h = stage(h, emb)
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb)
-        with _autocast_off(z.device):
-            h = self.out_conv(F.silu(self.out_norm(h.to(self.out_conv.weight.dtype))))
+        with _autocast_off(z.device, self.fp32_ends):
+            h = self.out_conv(F.silu(self.out_norm(h.to(self.out_conv.weight.dtype) if self.fp32_ends else h)))
         return crop_to(h, size)
 
 
-def _autocast_off(device: torch.device):
-    """Autocast switched off on ``device`` inside the block; a no-op where it is not on (and on
-    device types autocast does not know, such as ``meta``)."""
+def _autocast_off(device: torch.device, off: bool = True):
+    """Autocast switched off on ``device`` inside the block when ``off``; a no-op where it is not on
+    (and on device types autocast does not know, such as ``meta``)."""
     kind = device.type
-    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+    if off and kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
         return torch.autocast(kind, enabled=False)
     return contextlib.nullcontext()
 

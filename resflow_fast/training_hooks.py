@@ -20,8 +20,11 @@ def fused_velocity_matching_loss(model, hq: torch.Tensor, lq: torch.Tensor, t: t
     """:func:`resflow_fast.reference.losses.velocity_matching_loss` with two fused passes: one
     builds z_t = [x_t; y_t], one computes the lambda(t)-weighted loss and its gradient w.r.t. v.
 
-    Under autocast the network input is made in the autocast dtype directly."""
-    dtype = torch.get_autocast_dtype(hq.device.type) if torch.is_autocast_enabled(hq.device.type) else hq.dtype
+    Under autocast the network input is made in the autocast dtype directly, unless the network
+    reads its input in fp32 (``UNet.fp32_ends``, which the trainer sets when it uses autocast)."""
+    network = getattr(model, "module", model)  # DistributedDataParallel holds the network as .module
+    lowered = torch.is_autocast_enabled(hq.device.type) and not getattr(network, "fp32_ends", False)
+    dtype = torch.get_autocast_dtype(hq.device.type) if lowered else hq.dtype
     z_t = training_input(hq, lq, eps, t, schedule, out_dtype=dtype)
     return weighted_velocity_loss(model(z_t, t), hq, lq, eps, t, schedule)
 

@@ -32,6 +32,14 @@ def test_a_cpu_has_native_bf16_when_torchs_probes_find_amx_or_avx512_bf16(monkey
     assert system.native_bf16(torch.device("cpu")) is expected
 
 
+@pytest.mark.parametrize("major, expected", [(7, False), (8, True), (9, True)])
+def test_a_gpu_has_native_bf16_from_compute_capability_8(monkeypatch, major, expected):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or (major, 0))
+    assert system.native_bf16(torch.device("cuda", 1)) is expected
+    assert asked == [torch.device("cuda", 1)]  # that GPU, not whichever is current
+
+
 def test_a_torch_without_the_cpu_probes_counts_as_no_native_bf16(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)

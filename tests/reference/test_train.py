@@ -93,7 +93,7 @@ def test_sigterm_ends_the_run_after_the_step_with_its_checkpoint(tmp_path):
         return velocity_matching_loss(net, hq, lq, t, eps, schedule)
 
     before = signal.getsignal(signal.SIGTERM)
-    result = train(_tiny(tmp_path, steps=10**6), progress=False, loss_fn=loss_then_sigterm)
+    result = train(_tiny(tmp_path, steps=20), progress=False, loss_fn=loss_then_sigterm)
     assert result["step"] == 3 and latest_checkpoint(tmp_path / "run").name == "step-00000003"
     assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["step"] == 3
     assert signal.getsignal(signal.SIGTERM) is before  # the process's own handling is back
@@ -113,6 +113,7 @@ def test_bf16_autocast_where_the_device_has_bf16_arithmetic_with_fp32_ends(tmp_p
     assert seen == {"input_conv": torch.float32, "down.0.res.conv1": inner, "out_conv": torch.float32}
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # weights and Adam stay fp32
+    assert trainer.record()["autocast"] == ("bf16" if inner == torch.bfloat16 else None)  # what really ran
 
 
 def test_resume_refuses_another_model(tmp_path):

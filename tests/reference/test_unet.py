@@ -149,19 +149,22 @@ def test_modulated_group_norm_is_the_formula_and_its_affine_form(modulated):
     torch.testing.assert_close(torch.nn.functional.silu(affine), got, atol=1e-5, rtol=1e-5)
 
 
-def test_under_bf16_autocast_the_image_in_and_the_velocity_out_stay_fp32(random_unet):
-    """Autocast lowers the inner layers only: input_conv reads the fp32 image and out_conv writes
-    fp32 (unet.py, UNet.forward). The inner bf16 layers leave the result near the fp32 one."""
+@pytest.mark.parametrize("fp32_ends", [True, False])
+def test_fp32_ends_keep_the_first_and_last_conv_in_fp32_under_autocast(random_unet, fp32_ends):
+    """Autocast lowers the inner layers; with ``fp32_ends`` (the trainer's setting under autocast)
+    input_conv and out_conv compute in fp32, without it (the default, inference) they are lowered
+    too (unet.py, UNet.forward). Either result stays near the fp32 one."""
     model = random_unet()  # random output convs: zero-initialised ones give v = 0 in any precision
+    model.fp32_ends = fp32_ends
     z = torch.randn(1, model.config.in_channels, 24, 24)
-    seen = {}
+    computed = {}
     for name in ("input_conv", "out_conv"):
-        getattr(model, name).register_forward_pre_hook(
-            lambda module, args, name=name: seen.update({name: args[0].dtype}))  # None: args unchanged
+        getattr(model, name).register_forward_hook(
+            lambda module, args, output, name=name: computed.update({name: output.dtype}))  # None: output unchanged
     with torch.no_grad():
         exact = model(z, 0.4)
-        seen.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             lowered = model(z, 0.4)
-    assert seen == {"input_conv": torch.float32, "out_conv": torch.float32} and lowered.dtype == torch.float32
-    assert ((lowered - exact).norm() / exact.norm()).item() < 2e-2  # bf16 keeps 8 significant bits
+    ends = torch.float32 if fp32_ends else torch.bfloat16
+    assert computed == {"input_conv": ends, "out_conv": ends}
+    assert ((lowered.float() - exact).norm() / exact.norm()).item() < 2e-2  # bf16 keeps 8 significant bits

@@ -32,6 +32,21 @@ def test_fused_loss_matches_reference_loss_and_gradients(random_unet, schedule):
         torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("fp32_ends, network_input", [(False, torch.bfloat16), (True, torch.float32)])
+def test_under_autocast_the_fused_loss_builds_the_input_the_network_reads(random_unet, fp32_ends, network_input):
+    """A network that keeps its first conv in fp32 gets an fp32 z_t (made in bf16 and cast back, the
+    image would already be rounded); otherwise z_t is made in the autocast dtype, saving a cast."""
+    schedule = Schedule()
+    hq = lq = eps = torch.zeros(1, 3, 8, 8)
+    model = random_unet(schedule, channel_mult=(1, 2))
+    model.fp32_ends = fp32_ends
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))  # None: args unchanged
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused_velocity_matching_loss(model, hq, lq, torch.tensor([0.5]), eps, schedule)
+    assert seen == [network_input]
+
+
 def test_trainer_runs_with_the_fast_hooks(tmp_path):
     config = TrainConfig(preset="test", crop=16, batch_size=2, steps=1, out_dir=str(tmp_path), val_images=1,
                          degradation="noise:25")
