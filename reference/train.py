@@ -1,5 +1,5 @@
 """The ResFlow trainer: velocity matching with Adam, EMA, gradient clipping and bf16 autocast where
-the device computes bf16 in hardware (a CUDA GPU, or a CPU with AMX or AVX-512 BF16).
+the device computes bf16 in hardware (a GPU from Ampere on, or a CPU with AMX or AVX-512 BF16).
 
 One process, or several under ``torchrun`` (DistributedDataParallel: nccl on GPUs, gloo on CPUs).
 
