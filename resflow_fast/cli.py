@@ -385,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-images", dest="val_images", type=int)
     t.add_argument("--max-minutes", dest="max_minutes", type=float)
     t.add_argument("--device")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step: minutes to compile at the start, then faster steps "
+                        "(needs a C++ compiler on a CPU; recorded, so a resume keeps it unless --no-compile)")
     t.add_argument("--no-amp", dest="amp", action="store_const", const=False,
                    help="train in fp32 throughout (default: bf16 autocast on a GPU, or a CPU with AMX or AVX-512 BF16)")
     t.add_argument("--resume", nargs="?", const=True, default=None,

@@ -116,6 +116,24 @@ def test_bf16_autocast_where_the_device_has_bf16_arithmetic_with_fp32_ends(tmp_p
     assert trainer.record()["autocast"] == ("bf16" if inner == torch.bfloat16 else None)  # what really ran
 
 
+def test_compile_trains_through_the_compiled_network_and_checkpoints_plain_weights(tmp_path, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(module, **kwargs):  # the trainer's wiring, without minutes of C++ compilation
+        compiled.append((module, kwargs))
+        return real_compile(module, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    trainer = Trainer(_tiny(tmp_path, steps=2, compile=True), progress=False)
+    assert compiled == [(trainer.model, {"dynamic": False})] and trainer.net is not trainer.model
+    result = trainer.fit()
+    model, _, record = load_model(result["checkpoint"])  # the UNet's own keys, no compile wrapper's
+    assert record["train"]["compile"] is True and result["step"] == 2
+    weights = {k: v for k, v in trainer.ema.state_dict().items()}
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
 def test_resume_refuses_another_model(tmp_path):
     train(_tiny(tmp_path, steps=1), progress=False)
     with pytest.raises(CheckpointError, match="trained with preset='test', this run asks for preset='default'"):
