@@ -72,7 +72,10 @@ fi
 minutes=$(awk -v s=$(( DEADLINE_S - END_MARGIN_S - SECONDS )) 'BEGIN { printf "%.2f", s / 60 }')
 say "training for at most $minutes min: batch ${BATCH_SIZE:-64}, ${DATA_WORKERS:-12} data workers"
 started=$SECONDS
+# --no-compile: a CPU phase's --compile is recorded in the checkpoint carried here, and compiling
+# for the GPU would spend minutes of the budget before the first step.
 timeout -s INT -k 10 $(( DEADLINE_S - SECONDS - 20 )) "$PY" -m resflow_fast train --out-dir "$OUT_DIR/run" --resume \
+    --no-compile \
     --device "${DEVICE:-cuda}" --batch-size "${BATCH_SIZE:-64}" ${STEPS:+--steps "$STEPS"} --data-workers "${DATA_WORKERS:-12}" \
     --checkpoint-every "${CHECKPOINT_EVERY:-250}" --keep-last 1 --max-minutes "$minutes" --quiet >> "$LOG" 2>&1
 status=$?
