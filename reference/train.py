@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import threading
 import time
@@ -144,6 +145,11 @@ class Trainer:
         self.device = pick_device(config.device, local_rank)
         # fp32 weights, optimizer state and loss; the forward and backward in bf16 where that is fast
         self.autocast = config.amp and native_bf16(self.device)
+        if config.compile and self.device.type == "cpu" and not any(
+                name and shutil.which(name) for name in (os.environ.get("CXX"), "g++", "clang++", "c++")):
+            # refused now, rather than as a compiler error from inside torch at the first step
+            raise ValueError("TrainConfig.compile on the CPU needs a C++ compiler for torch.compile's generated "
+                             "code (g++ or clang++ on PATH, or $CXX); install one, or train without --compile")
         if self.device.type == "cuda":
             # Triton launches on the current device, whatever device its tensors are on
             torch.cuda.set_device(self.device)

@@ -134,6 +134,13 @@ def test_compile_trains_through_the_compiled_network_and_checkpoints_plain_weigh
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
 
 
+def test_compile_on_a_cpu_without_a_cpp_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        Trainer(_tiny(tmp_path, compile=True, device="cpu"), progress=False)
+    Trainer(_tiny(tmp_path, device="cpu"), progress=False)  # uncompiled training needs none
+
+
 def test_resume_refuses_another_model(tmp_path):
     train(_tiny(tmp_path, steps=1), progress=False)
     with pytest.raises(CheckpointError, match="trained with preset='test', this run asks for preset='default'"):
