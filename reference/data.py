@@ -251,11 +251,15 @@ class _IndexedDataset(abc.ABC):
 
     kind = "indexed"
 
-    def __init__(self, crop: int, seed: int, grey_fraction: float = 0.0, flat_fraction: float = 0.0):
+    def __init__(self, crop: int, seed: int, grey_fraction: float = 0.0, flat_fraction: float = 0.0,
+                 flat_grey_share: float = 0.0):
         self.crop = _check_non_negative_int("crop", crop, minimum=8)
         self.seed = _check_non_negative_int("seed", seed)
         self.grey_fraction = _check_fraction("grey_fraction", grey_fraction)
         self.flat_fraction = _check_fraction("flat_fraction", flat_fraction)
+        self.flat_grey_share = _check_fraction("flat_grey_share", flat_grey_share)
+        if self.flat_grey_share and not self.flat_fraction:
+            raise ValueError("flat_grey_share is a share of the flat crops, so it needs flat_fraction > 0")
         self._stream: tuple[int, ...] = ()  # () for training, (VALIDATION_STREAM,) for validation
 
     @abc.abstractmethod
@@ -269,13 +273,21 @@ class _IndexedDataset(abc.ABC):
 
         A flat crop teaches the network that a region with no structure has none to restore:
         its velocity must not answer the auxiliary variable with texture. The mean colour keeps
-        the colours photographs have. A grey photograph reaches an RGB model as three equal
+        the colours photographs have. A ``flat_grey_share`` of the flat crops instead takes a grey
+        level drawn uniformly from [0, 1]: crop means almost never put all three channels near
+        mid-level, where the model-range input is 0 in every channel and the first GroupNorm has
+        no colour offsets to weigh the auxiliary variable's features against, so without these
+        draws the network meets that input only at restore time. A grey photograph reaches an RGB model as three equal
         channels whose noise (or JPEG blocks) is the same in each: the grey image is degraded once
         and then repeated, never degraded per channel. No draw is taken when a fraction is 0, so
         runs without flat or grey samples keep their exact data stream.
         """
         if self.flat_fraction > 0.0 and rng.random() < self.flat_fraction:
-            hq = np.broadcast_to(hq.mean(axis=(0, 1), dtype=np.float64).astype(np.float32), hq.shape).copy()
+            if self.flat_grey_share > 0.0 and rng.random() < self.flat_grey_share:
+                colour = np.full(hq.shape[2], rng.random(), np.float32)
+            else:
+                colour = hq.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+            hq = np.broadcast_to(colour, hq.shape).copy()
         if self.grey_fraction > 0.0 and hq.shape[2] == 3 and rng.random() < self.grey_fraction:
             grey = np.tensordot(hq, _LUMA_WEIGHTS, axes=([2], [0]))[..., None].astype(np.float32)
             lq = degradation(grey, rng)
@@ -311,6 +323,8 @@ class _IndexedDataset(abc.ABC):
             described["grey_fraction"] = self.grey_fraction
         if self.flat_fraction:
             described["flat_fraction"] = self.flat_fraction
+        if self.flat_grey_share:
+            described["flat_grey_share"] = self.flat_grey_share
         return described
 
     def __repr__(self) -> str:
@@ -324,8 +338,8 @@ class ProceduralDataset(_IndexedDataset):
     kind = "procedural"
 
     def __init__(self, degradation: str | Degradation, crop: int = 64, seed: int = 0, channels: int = 3,
-                 grey_fraction: float = 0.0, flat_fraction: float = 0.0):
-        super().__init__(crop, seed, grey_fraction, flat_fraction)
+                 grey_fraction: float = 0.0, flat_fraction: float = 0.0, flat_grey_share: float = 0.0):
+        super().__init__(crop, seed, grey_fraction, flat_fraction, flat_grey_share)
         if channels not in (1, 3):
             raise ValueError(f"ProceduralDataset channels must be 1 or 3, got {channels!r}")
         self.channels = channels
@@ -351,8 +365,9 @@ class CleanFolderDataset(_IndexedDataset):
 
     def __init__(self, root: str | Path, degradation: str | Degradation, crop: int = 64, seed: int = 0,
                  recursive: bool = True, cache_megabytes: float = _DEFAULT_CACHE_MEGABYTES,
-                 grey_fraction: float = 0.0, file_weighting: str = "uniform", flat_fraction: float = 0.0):
-        super().__init__(crop, seed, grey_fraction, flat_fraction)
+                 grey_fraction: float = 0.0, file_weighting: str = "uniform", flat_fraction: float = 0.0,
+                 flat_grey_share: float = 0.0):
+        super().__init__(crop, seed, grey_fraction, flat_fraction, flat_grey_share)
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"clean image folder not found: {self.root}")
@@ -490,11 +505,12 @@ class MixedDataset:
 
 def build_dataset(data: str | list[str] | tuple[str, ...], degradation: str | None, crop: int, seed: int,
                   channels: int = 3, grey_fraction: float = 0.0,
-                  file_weighting: str = "uniform", flat_fraction: float = 0.0) -> _IndexedDataset | MixedDataset:
+                  file_weighting: str = "uniform", flat_fraction: float = 0.0,
+                  flat_grey_share: float = 0.0) -> _IndexedDataset | MixedDataset:
     """:func:`build_one_dataset` for one ``data`` string; a list of them gives a :class:`MixedDataset`
     (each part with the same degradation, crop, seed and options)."""
     options = dict(channels=channels, grey_fraction=grey_fraction, file_weighting=file_weighting,
-                   flat_fraction=flat_fraction)
+                   flat_fraction=flat_fraction, flat_grey_share=flat_grey_share)
     if isinstance(data, (list, tuple)):
         if len(data) == 1:
             return build_one_dataset(data[0], degradation, crop, seed, **options)
@@ -504,7 +520,7 @@ def build_dataset(data: str | list[str] | tuple[str, ...], degradation: str | No
 
 def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, channels: int = 3,
                       grey_fraction: float = 0.0, file_weighting: str = "uniform",
-                      flat_fraction: float = 0.0) -> _IndexedDataset:
+                      flat_fraction: float = 0.0, flat_grey_share: float = 0.0) -> _IndexedDataset:
     """Pick a dataset from a ``data`` string.
 
     * ``"procedural"``: :class:`ProceduralDataset` (``degradation`` required);
@@ -512,13 +528,14 @@ def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, 
       paired data is already degraded);
     * any other folder: :class:`CleanFolderDataset` of the images under it (``degradation`` required).
 
-    ``grey_fraction`` and ``flat_fraction`` apply to the datasets that degrade on the fly, ``file_weighting`` to
+    ``grey_fraction``, ``flat_fraction`` and ``flat_grey_share`` apply to the datasets that degrade on the fly, ``file_weighting`` to
     clean-image folders. Raises :class:`DataError` naming the path when it does not exist or
     holds no images.
     """
     if data == "procedural":
         return ProceduralDataset(_as_degradation(degradation, "data 'procedural'"), crop, seed, channels,
-                                 grey_fraction=grey_fraction, flat_fraction=flat_fraction)
+                                 grey_fraction=grey_fraction, flat_fraction=flat_fraction,
+                                 flat_grey_share=flat_grey_share)
     root = Path(data)
     if not root.exists():
         raise DataError(f"data path does not exist: {root} (expected 'procedural', a folder of clean "
@@ -533,13 +550,15 @@ def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, 
         if degradation is not None:
             raise DataError(f"{root} holds paired data (lq/ and hq/), which is already degraded; "
                             f"got degradation {degradation!r}, pass none")
-        for name, fraction in (("grey_fraction", grey_fraction), ("flat_fraction", flat_fraction)):
+        for name, fraction in (("grey_fraction", grey_fraction), ("flat_fraction", flat_fraction),
+                               ("flat_grey_share", flat_grey_share)):
             if fraction:
                 raise DataError(f"{root} holds paired data (lq/ and hq/), which is already degraded; "
                                 f"{name} changes clean samples before degrading and cannot apply to it")
         return PairedFolderDataset(root, crop, seed)  # names the missing half if only one exists
     return CleanFolderDataset(root, _as_degradation(degradation, f"clean image folder {root}"), crop, seed,
-                              grey_fraction=grey_fraction, file_weighting=file_weighting, flat_fraction=flat_fraction)
+                              grey_fraction=grey_fraction, file_weighting=file_weighting, flat_fraction=flat_fraction,
+                              flat_grey_share=flat_grey_share)
 
 
 def validation_set(dataset: _IndexedDataset | MixedDataset, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,6 +60,7 @@ class TrainConfig:
     crop: int = 64
     grey_fraction: float = 0.0         # share of samples made grey before degrading (reference.data)
     flat_fraction: float = 0.0         # share of clean crops replaced by their mean colour (reference.data)
+    flat_grey_share: float = 0.0       # share of those flat crops given a uniform grey level instead
     file_weighting: str = "uniform"    # how image-folder files are picked: "uniform" or "area"
     batch_size: int = 8                # per process
     data_workers: int = 0              # processes preparing batches ahead of the step (0: in the loop)
@@ -167,7 +168,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.dataset = build_dataset(config.data, config.degradation, config.crop, config.seed,
                                      channels=config.image_channels, grey_fraction=config.grey_fraction,
-                                     file_weighting=config.file_weighting, flat_fraction=config.flat_fraction)
+                                     file_weighting=config.file_weighting, flat_fraction=config.flat_fraction,
+                                     flat_grey_share=config.flat_grey_share)
         self.step = 0
         self.history: list[dict] = []
         self.net = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -377,7 +379,7 @@ class Trainer:
         fine-tune on other data, say) but said out loud."""
         changed = [f"{n}: {getattr(saved, n)!r} -> {getattr(self.config, n)!r}"
                    for n in ("seed", "batch_size", "crop", "data", "degradation", "grey_fraction", "flat_fraction",
-                             "file_weighting") if getattr(saved, n) != getattr(self.config, n)]
+                             "flat_grey_share", "file_weighting") if getattr(saved, n) != getattr(self.config, n)]
         if record.get("world_size", self.world_size) != self.world_size:
             changed.append(f"world_size: {record.get('world_size')} -> {self.world_size}")
         if changed and self.rank == 0:

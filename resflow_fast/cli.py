@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--flat-fraction", dest="flat_fraction", type=float,
                    help="share of clean crops replaced by their mean colour before degrading, so flat "
                         "regions stay flat (default 0)")
+    t.add_argument("--flat-grey-share", dest="flat_grey_share", type=float,
+                   help="share of those flat crops given a grey level drawn uniformly from [0, 1] instead "
+                        "of the mean colour, so mid-grey fields are seen in training too (default 0)")
     t.add_argument("--file-weighting", dest="file_weighting", choices=["uniform", "area"],
                    help="pick image-folder files uniformly (default) or by pixel count")
     t.add_argument("--batch-size", dest="batch_size", type=int)

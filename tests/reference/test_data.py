@@ -412,14 +412,14 @@ def test_grey_fraction_is_a_share_of_samples(clean_folder):
     assert 35 <= grey <= 85  # 60 expected; the random images are never grey by themselves
 
 
-@pytest.mark.parametrize("option", ["grey_fraction", "flat_fraction"])
+@pytest.mark.parametrize("option", ["grey_fraction", "flat_fraction", "flat_grey_share"])
 @pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
 def test_sample_fractions_are_validated(clean_folder, option, bad):
     with pytest.raises(ValueError, match=option):
         CleanFolderDataset(clean_folder, "noise", crop=8, **{option: bad})
 
 
-@pytest.mark.parametrize("option", ["grey_fraction", "flat_fraction"])
+@pytest.mark.parametrize("option", ["grey_fraction", "flat_fraction", "flat_grey_share"])
 def test_paired_data_refuses_sample_fractions(tmp_path, option):
     with pytest.raises(DataError, match=option):
         build_dataset(str(make_pairs(tmp_path / "p")), None, 16, 0, **{option: 0.5})
@@ -460,6 +460,36 @@ def test_flat_fraction_is_a_share_of_samples_and_recorded(clean_folder):
     procedural = build_dataset("procedural", "noise:10", 16, 0, flat_fraction=1.0)
     hq, _ = procedural.sample(0)
     assert torch.equal(hq, hq[:, :1, :1].expand_as(hq))
+
+
+def test_flat_grey_share_gives_grey_levels_across_the_range(tmp_path):
+    # one saturated colour: its mean is never grey, so every grey flat crop comes from the share
+    save(tmp_path / "c.png", np.broadcast_to(np.array([220, 40, 90], np.uint8), (20, 20, 3)).copy())
+    dataset = CleanFolderDataset(tmp_path, "noise:25", crop=8, seed=3, flat_fraction=1.0, flat_grey_share=0.5)
+    levels = []
+    for index in range(200):
+        hq, lq = dataset.sample(index)
+        assert torch.equal(hq, hq[:, :1, :1].expand_as(hq))  # every crop is flat...
+        if torch.equal(hq[0], hq[1]) and torch.equal(hq[1], hq[2]):  # ...and these are grey
+            levels.append(float(hq[0, 0, 0]))
+            assert not torch.equal(lq, hq)  # and still degraded
+    assert 70 <= len(levels) <= 130  # 100 expected
+    # uniform over [0, 1] (model range [-1, 1]), mid-grey included
+    assert min(levels) < -0.8 and max(levels) > 0.8 and any(abs(v) < 0.05 for v in levels)
+    assert dataset.describe()["flat_grey_share"] == 0.5
+
+
+def test_flat_grey_share_zero_keeps_the_data_stream(clean_folder):
+    before = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, flat_fraction=0.5)
+    after = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, flat_fraction=0.5, flat_grey_share=0.0)
+    for index in range(6):
+        assert all(torch.equal(a, b) for a, b in zip(before.sample(index), after.sample(index)))
+    assert "flat_grey_share" not in after.describe()
+
+
+def test_flat_grey_share_needs_flat_crops(clean_folder):
+    with pytest.raises(ValueError, match="flat_grey_share .* needs flat_fraction > 0"):
+        CleanFolderDataset(clean_folder, "noise", crop=8, flat_grey_share=0.5)
 
 
 

@@ -154,11 +154,11 @@ def test_loss_weight_floor_grey_flat_and_weighting_reach_the_run(tmp_path):
     photos.mkdir()
     Image.new("RGB", (24, 20), (200, 30, 90)).save(photos / "a.png")
     config = _tiny(tmp_path, steps=1, loss_weight_floor=0.2, data=str(photos), grey_fraction=0.5,
-                   file_weighting="area", flat_fraction=0.1)
+                   file_weighting="area", flat_fraction=0.1, flat_grey_share=0.5)
     trainer = Trainer(config, progress=False)
     assert trainer.schedule.weight_floor == 0.2
     assert trainer.dataset.grey_fraction == 0.5 and trainer.dataset.file_weighting == "area"
-    assert trainer.dataset.flat_fraction == 0.1
+    assert trainer.dataset.flat_fraction == 0.1 and trainer.dataset.flat_grey_share == 0.5
     trainer.fit()
     with pytest.raises(CheckpointError, match="loss_weight_floor=0.2, this run asks for loss_weight_floor=0.0"):
         Trainer(_tiny(tmp_path, steps=2, data=str(photos), grey_fraction=0.5, file_weighting="area"),

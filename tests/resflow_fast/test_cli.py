@@ -46,6 +46,19 @@ def test_resume_continues_with_the_recorded_options(run_dir, tmp_path, capsys):
     assert record["train"]["batch_size"] == 2 and record["train"]["degradation"] == "noise:25"
 
 
+def test_resume_with_new_flat_options_overrides_the_record_and_says_so(run_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"flat_grey_share: 0.0 -> 0.5"):
+        assert main(["train", "--out-dir", str(run), "--resume", "--steps", "3", "--quiet",
+                     "--flat-fraction", "0.2", "--flat-grey-share", "0.5"]) == 0
+    record = json.loads((run / "step-00000003" / "record.json").read_text())
+    assert record["train"]["flat_fraction"] == 0.2 and record["train"]["flat_grey_share"] == 0.5
+    assert record["train"]["crop"] == 16  # the options not given still come from the checkpoint
+
+
 def test_restore_and_export(run_dir, tmp_path, capsys):
     Image.fromarray((np.random.default_rng(0).random((13, 17, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
     assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(run_dir)]) == 0
