@@ -275,11 +275,11 @@ class _IndexedDataset(abc.ABC):
         its velocity must not answer the auxiliary variable with texture. The mean colour keeps
         the colours photographs have. A ``flat_grey_share`` of the flat crops instead takes a grey
         level drawn uniformly from [0, 1]: crop means almost never put all three channels near
-        mid-level, where the model-range input is 0 in every channel and the first GroupNorm has
-        no colour offsets to weigh the auxiliary variable's features against, so without these
-        draws the network meets that input only at restore time. A grey photograph reaches an RGB model as three equal
-        channels whose noise (or JPEG blocks) is the same in each: the grey image is degraded once
-        and then repeated, never degraded per channel. No draw is taken when a fraction is 0, so
+        mid-level (0 in every channel of the model range), the flat input a trained network was
+        measured to texture most (docs/MODEL_CARD.md), so without these draws it meets that input
+        only at restore time. A grey photograph reaches an RGB model as three equal channels
+        whose noise (or JPEG blocks) is the same in each: the grey image is degraded once and
+        then repeated, never degraded per channel. No draw is taken when a fraction is 0, so
         runs without flat or grey samples keep their exact data stream.
         """
         if self.flat_fraction > 0.0 and rng.random() < self.flat_fraction:
