@@ -444,12 +444,14 @@ def test_flat_and_grey_together_give_a_flat_grey_crop(clean_folder):
     assert torch.equal(hq, hq[0, 0, 0].expand_as(hq))
 
 
-def test_flat_fraction_zero_keeps_the_data_stream(clean_folder):
-    before = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, grey_fraction=0.2)
-    after = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, grey_fraction=0.2, flat_fraction=0.0)
-    for index in range(4):
+@pytest.mark.parametrize("base, zero", [(dict(grey_fraction=0.2), "flat_fraction"),
+                                        (dict(flat_fraction=0.5), "flat_grey_share")])
+def test_a_zero_option_keeps_the_data_stream(clean_folder, base, zero):
+    before = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, **base)
+    after = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, **base, **{zero: 0.0})
+    for index in range(6):
         assert all(torch.equal(a, b) for a, b in zip(before.sample(index), after.sample(index)))
-    assert "flat_fraction" not in after.describe()
+    assert zero not in after.describe()
 
 
 def test_flat_fraction_is_a_share_of_samples_and_recorded(clean_folder):
@@ -477,14 +479,6 @@ def test_flat_grey_share_gives_grey_levels_across_the_range(tmp_path):
     # uniform over [0, 1] (model range [-1, 1]), mid-grey included
     assert min(levels) < -0.8 and max(levels) > 0.8 and any(abs(v) < 0.05 for v in levels)
     assert dataset.describe()["flat_grey_share"] == 0.5
-
-
-def test_flat_grey_share_zero_keeps_the_data_stream(clean_folder):
-    before = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, flat_fraction=0.5)
-    after = CleanFolderDataset(clean_folder, "mix", crop=16, seed=2, flat_fraction=0.5, flat_grey_share=0.0)
-    for index in range(6):
-        assert all(torch.equal(a, b) for a, b in zip(before.sample(index), after.sample(index)))
-    assert "flat_grey_share" not in after.describe()
 
 
 def test_flat_grey_share_needs_flat_crops(clean_folder):
