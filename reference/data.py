@@ -528,9 +528,9 @@ def build_one_dataset(data: str, degradation: str | None, crop: int, seed: int, 
       paired data is already degraded);
     * any other folder: :class:`CleanFolderDataset` of the images under it (``degradation`` required).
 
-    ``grey_fraction``, ``flat_fraction`` and ``flat_grey_share`` apply to the datasets that degrade on the fly, ``file_weighting`` to
-    clean-image folders. Raises :class:`DataError` naming the path when it does not exist or
-    holds no images.
+    ``grey_fraction``, ``flat_fraction`` and ``flat_grey_share`` apply to the datasets that degrade
+    on the fly, ``file_weighting`` to clean-image folders. Raises :class:`DataError` naming the path
+    when it does not exist or holds no images.
     """
     if data == "procedural":
         return ProceduralDataset(_as_degradation(degradation, "data 'procedural'"), crop, seed, channels,

@@ -88,6 +88,8 @@ def test_one_bad_file_does_not_stop_the_others(run_dir, tmp_path, capsys):
     (lambda p: ["train", "--data", str(p / "empty"), "--out-dir", str(p / "run"), "--quiet"], "empty"),
     (lambda p: ["train", "--degradation", "noise:999", "--out-dir", str(p / "run"), "--quiet"], "noise:999"),
     (lambda p: ["train", "--out-dir", str(p / "run"), "--resume", "--quiet"], "no checkpoint found"),
+    (lambda p: ["train", "--flat-grey-share", "0.5", "--out-dir", str(p / "run"), "--quiet"],
+     "needs flat_fraction > 0"),
     (lambda p: ["export", str(p / "nothing"), str(p / "m.safetensors")], "checkpoint not found"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, make_args, message):
