@@ -133,6 +133,9 @@ def resolve_model(model: str | os.PathLike | torch.nn.Module, device: torch.devi
                   schedule: Schedule | None = None) -> LoadedModel:
     """The U-Net and schedule that ``model`` names, on ``device``.
 
+    An embedded name (``"default"``, ``"mix"``, an alias) always loads the packaged file; a local
+    checkpoint that shares the name is passed as a path (``"./default"``).
+
     Raises :class:`ModelNotInstalledError` for an embedded name whose file is missing,
     :class:`CheckpointError` for an unknown name, a missing or corrupt checkpoint, or one for
     another architecture, and ``TypeError`` for anything that is not a name, path or U-Net.
@@ -148,8 +151,11 @@ def resolve_model(model: str | os.PathLike | torch.nn.Module, device: torch.devi
     if schedule is not None:
         raise ValueError("schedule= applies to a module; a checkpoint carries its own schedule")
     text = os.fspath(model)
+    # A bare embedded name always means the embedded model, even where the working folder holds a
+    # file or folder of that name (a folder of photographs called "default" must not replace the
+    # model); such a local checkpoint is reached as "./default".
     name = embedded_name(text)
-    if name is not None and not Path(text).exists():
+    if name is not None:
         path = embedded_model_path(name)
         if not path.is_file():
             raise ModelNotInstalledError(

@@ -64,6 +64,18 @@ def test_the_embedded_name_reads_the_packaged_file(tmp_path, monkeypatch, unet):
     assert resolve_model("default", CPU).source == "default"
 
 
+def test_an_embedded_name_is_not_shadowed_by_a_local_folder_of_that_name(tmp_path, monkeypatch, unet):
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setattr(embedded_models, "MODELS_DIR", models)
+    save_model(models / "default.safetensors", unet)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()  # e.g. a folder of photographs to restore
+    assert resolve_model("default", CPU).source == "default"
+    with pytest.raises(CheckpointError, match="default"):  # the local folder, asked for as a path
+        resolve_model("./default", CPU)
+
+
 def test_a_retired_name_loads_the_model_that_replaced_it(tmp_path, monkeypatch, unet):
     monkeypatch.setattr(embedded_models, "MODELS_DIR", tmp_path)
     save_model(tmp_path / "default.safetensors", unet)
