@@ -55,23 +55,38 @@ def _folder_images(folder: Path, recursive: bool) -> tuple[list[Path], int]:
     return sorted(images, key=lambda p: p.relative_to(folder).as_posix()), skipped_folders
 
 
-def _collect_inputs(patterns: list[str], recursive: bool) -> tuple[list[tuple[Path, Path]], int]:
+def _is_under(path: Path, folder: Path) -> bool:
+    return folder in path.resolve().parents
+
+
+def _collect_inputs(patterns: list[str], recursive: bool,
+                    out_folder: Path | None = None) -> tuple[list[tuple[Path, Path]], int]:
     """(file, where it goes under OUT) for files, folders (tree mirrored) and globs (flat), and the
-    number of sub-folders of the named folders that were not searched (no ``--recursive``)."""
+    number of sub-folders of the named folders that were not searched (no ``--recursive``).
+
+    Files a folder or pattern finds inside ``out_folder`` are earlier outputs, not inputs: left out,
+    so that restoring a tree into a folder within it and running again does not restore the
+    restorations. A folder or pattern that finds no image is a usage error."""
     import glob
 
     found: list[tuple[Path, Path]] = []
     skipped_folders = 0
+    outputs = out_folder.resolve() if out_folder is not None else None
     for text in patterns:
         path = Path(text)
         if path.is_dir():
             images, skipped = _folder_images(path, recursive)
+            images = [f for f in images if outputs is None or not _is_under(f, outputs)]
+            if not images:
+                hint = f" ({skipped} sub-folder{'s' if skipped > 1 else ''} not searched: -r to include)" if skipped else ""
+                raise UsageError(f"{text}: no images to restore in this folder{hint}")
             found += [(f, f.relative_to(path)) for f in images]
             skipped_folders += skipped
         elif path.exists():
             found.append((path, Path(path.name)))
         elif glob.has_magic(text):
             matches = [Path(m) for m in sorted(glob.glob(text, recursive=recursive)) if Path(m).is_file()]
+            matches = [m for m in matches if outputs is None or not _is_under(m, outputs)]
             if not matches:
                 raise UsageError(f"{text}: no files match")
             found += [(m, Path(m.name)) for m in matches]
@@ -106,10 +121,14 @@ def _plan_outputs(inputs: list[tuple[Path, Path]], out: Path, single_file: bool)
     """(source, destination) pairs. The destination keeps the source's format (its extension) when
     Pillow can write it, else it becomes .png; two sources onto one destination, or a destination
     that is its own source, are refused before anything runs."""
-    from .imageio import ResflowInputError, output_format
+    from .imageio import ResflowInputError, check_can_save, output_format
 
     if single_file:
         output_format(out)  # an -o name Pillow cannot write is a usage error, not a per-file failure
+        try:  # and so is a format that cannot hold this image (RGBA or 16-bit colour as JPEG, ...)
+            check_can_save(inputs[0][0], out)
+        except ResflowInputError as error:
+            raise UsageError(str(error)) from None
     plan, taken = [], {}
     for src, rel in inputs:
         dst = out if single_file else out / rel
@@ -232,12 +251,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"the embedded {args.model!r} model is not installed in this copy of the package; "
                          "reinstall resflow-fast, or give --model a weights file, a checkpoint folder or a run "
                          "folder") from None
-    inputs, skipped_folders = _collect_inputs(args.inputs, args.recursive)
     out = Path(args.output)
     single_file = _output_is_a_file(out)
+    inputs, skipped_folders = _collect_inputs(args.inputs, args.recursive, None if single_file else out)
     if single_file and not (len(args.inputs) == 1 and len(inputs) == 1 and Path(args.inputs[0]).is_file()):
-        given = f"{len(inputs)} images" if len(inputs) != 1 else "a folder or pattern"
-        raise UsageError(f"-o {out} names one file, but {given} were given; give a folder for several inputs")
+        given = f"{len(inputs)} images were" if len(inputs) != 1 else "a folder or pattern was"
+        raise UsageError(f"-o {out} names one file, but {given} given; give a folder for several inputs")
     plan = _plan_outputs(inputs, out, single_file)
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

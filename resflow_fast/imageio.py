@@ -55,7 +55,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .reference.system import atomic_write_bytes
 
 __all__ = ["ResflowInputError", "Layout", "DeepImage", "open_image", "read_image", "save_image", "split_image",
-           "output_format"]
+           "output_format", "check_can_save"]
 
 #: Float inputs may overshoot [0, 1] by this much (rounding in earlier processing) and are clipped;
 #: anything further out is refused, since it usually means 0..255 data passed as float.
@@ -292,6 +292,32 @@ def output_format(path: str | os.PathLike) -> str:
     return fmt
 
 
+def check_can_save(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Refuse, before any restoring, to write the restoration of the image file ``source`` to
+    ``path`` when ``path``'s format cannot hold it (16-bit colour as JPEG, RGBA as JPEG, ...), with the
+    message :func:`save_image` would give after the work. Reads only the file's header; a file that
+    cannot be read is left for :func:`read_image` to report."""
+    path, source = Path(path), Path(source)
+    fmt = output_format(path)
+    try:
+        deep = _deep_kind(source)
+        if deep is None:
+            with Image.open(source) as image:
+                mode = _restored_mode(image)
+    except Exception:  # noqa: BLE001 - unreadable: read_image says why, per file
+        return
+    if deep is not None:
+        if fmt not in ("PNG", "TIFF"):
+            raise ResflowInputError(f"{path}: {source} is a 16-bit image, which can be written as .png or .tif, not "
+                                    f"as {fmt} (which would cut it to 8 bits)")
+        return
+    try:
+        Image.new(mode, (1, 1)).save(io.BytesIO(), format=fmt, **_ENCODER_OPTIONS.get(fmt, {}))
+    except (OSError, ValueError, KeyError) as error:
+        hint = "; choose a format that can, such as .png" if "cannot write mode" in str(error) else ""
+        raise ResflowInputError(f"{path}: cannot write a {mode} image as {fmt} ({error}){hint}") from None
+
+
 def save_image(image: Image.Image | DeepImage, path: str | os.PathLike) -> None:
     """Encode ``image`` by ``path``'s extension (ICC profile, EXIF and dpi kept) and write it atomically.
 
@@ -396,16 +422,23 @@ def _to_planes(hwc01: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(hwc01.transpose(2, 0, 1), dtype=np.float32))
 
 
+def _restored_mode(image: Image.Image) -> str:
+    """The mode ``image`` is restored in and written back as: its own, or RGB(A) for a palette or
+    other mode the restore does not rebuild."""
+    mode = image.mode
+    if mode in ("P", "PA"):
+        return "RGBA" if mode == "PA" or image.has_transparency_data else "RGB"
+    if mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F", *_GREY16_MODES, *_VIA_RGB_MODES):
+        return "RGBA" if "A" in image.getbands() else "RGB"
+    return mode
+
+
 def _split_pil(image: Image.Image, name: str) -> tuple[torch.Tensor, Layout]:
     _check_size(image.width, image.height, name)
     info = {k: image.info[k] for k in _KEPT_INFO if image.info.get(k)}
-    mode = image.mode
-    if mode in ("P", "PA"):
-        image = image.convert("RGBA" if mode == "PA" or image.has_transparency_data else "RGB")
-        mode = image.mode
-    elif mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F", *_GREY16_MODES, *_VIA_RGB_MODES):
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        mode = image.mode
+    mode = _restored_mode(image)
+    if mode != image.mode:
+        image = image.convert(mode)
     layout = Layout("pil", grey=mode in ("1", "L", "LA", "I", "F", *_GREY16_MODES), mode=mode, info=info)
 
     if mode in ("LA", "RGBA"):

@@ -18,17 +18,17 @@ import torch
 from PIL import Image
 
 from resflow_fast import Restorer, RestoreError, restore
-from resflow_fast.restorer import MemoryBudgetError, parse_memory
 from resflow_fast.cli import main
-
-#: Only a guard against a hung child process: far above what a loaded 2-core machine needs.
-HANG_S = 1800
+from resflow_fast.imageio import DeepImage, save_image
 from resflow_fast.reference.checkpoint import save_weights
 from resflow_fast.reference.degradations import dead_leaves
 from resflow_fast.reference.sampler import PAPER_SAMPLING, SamplingSettings, euler_sample
 from resflow_fast.reference.schedule import Schedule
 from resflow_fast.reference.unet import build_unet
-from resflow_fast.restorer import blend_windows, tile_spans
+from resflow_fast.restorer import MemoryBudgetError, blend_windows, parse_memory, tile_spans
+
+#: Only a guard against a hung child process: far above what a loaded 2-core machine needs.
+HANG_S = 1800
 
 # the module (``resflow_fast.restore`` is the function) holds the knobs the tests turn
 restorer_module = importlib.import_module("resflow_fast.restorer")
@@ -626,6 +626,42 @@ def test_cli_an_output_that_cannot_be_written_is_refused_before_any_restoring(tm
     err = capsys.readouterr().err
     assert err.startswith("resflow: error: ") and str(tmp_path / "taken" / "out") in err and "cannot write" in err
     assert "a.png" not in err and ".tmp" not in err and restored == []
+
+
+@pytest.mark.parametrize("kind", ["rgba", "rgb16"])
+def test_cli_a_format_that_cannot_hold_the_image_is_refused_before_any_restoring(tmp_path, checkpoint, monkeypatch,
+                                                                                  capsys, kind):
+    if kind == "rgba":
+        Image.fromarray(np.dstack([RGB, ALPHA])).save(tmp_path / "in.png")
+        message = "cannot write a RGBA image as JPEG"
+    else:
+        save_image(DeepImage((RNG.random((9, 7, 3)) * 65535).astype(np.uint16)), tmp_path / "in.png")
+        message = "16-bit image, which can be written as .png or .tif, not as JPEG"
+    restored = []
+    monkeypatch.setattr(Restorer, "restore", lambda self, *a, **k: restored.append(a))
+    assert _restore_cli(tmp_path / "in.png", "-o", tmp_path / "out.jpg", model=checkpoint) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resflow: error: ") and message in err and str(tmp_path / "out.jpg") in err
+    assert restored == [] and not (tmp_path / "out.jpg").exists()
+
+
+def test_cli_outputs_written_inside_the_input_tree_are_not_restored_again(tmp_path, checkpoint, capsys):
+    src = _tree(tmp_path / "in")
+    for _ in range(2):
+        assert _restore_cli(src, "-o", src / "restored", "--recursive", model=checkpoint) == 0
+    assert _files(src / "restored") == ["a.png", "b.jpg", "sub/c.png"]  # no restored/restored/...
+    assert "restored 0 of 3" in capsys.readouterr().out.splitlines()[-1]  # the rerun: all 3 exist already
+
+
+def test_cli_a_folder_with_no_images_is_a_usage_error(tmp_path, checkpoint, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _restore_cli(tmp_path / "empty", "-o", tmp_path / "out", model=checkpoint) == 2
+    assert "empty: no images to restore in this folder" in capsys.readouterr().err
+    (tmp_path / "nested" / "sub").mkdir(parents=True)
+    Image.fromarray(RGB).save(tmp_path / "nested" / "sub" / "a.png")
+    assert _restore_cli(tmp_path / "nested", "-o", tmp_path / "out", model=checkpoint) == 2
+    assert "1 sub-folder not searched: -r to include" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_a_failed_file_is_never_shown_as_done(tmp_path, checkpoint, monkeypatch, capsys):
