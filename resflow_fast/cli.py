@@ -37,12 +37,31 @@ RESTORE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp",
 
 def _tile_arg(text: str) -> int | str | None:
     """--tile: "auto", "0"/"off" (never tile) or a side in pixels."""
+    from .restorer import MIN_TILE_SIDE
+
     if text in ("auto", "off", "none", "0"):
         return None if text != "auto" else "auto"
     try:
-        return int(text)
+        side = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or a tile side in pixels, got {text!r}") from None
+        side = -1
+    if side < MIN_TILE_SIDE:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or a tile side of at least {MIN_TILE_SIDE} pixels, "
+                                         f"got {text!r}")
+    return side
+
+
+def _seed_arg(text: str) -> int:
+    """--seed of restore: an integer the auxiliary noise's 64-bit generator takes."""
+    from .restorer import MAX_SEED
+
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text!r}")
+    return seed
 
 
 def _folder_images(folder: Path, recursive: bool) -> tuple[list[Path], int]:
@@ -438,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how y moves (default: the model's recorded setting, else joint)")
     r.add_argument("--paper-sampling", dest="paper_sampling", action="store_true",
                    help="the paper's sampler (4 uniform steps, joint y) instead of the model's recorded settings")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=_seed_arg, default=0,
+                   help="seed of the auxiliary noise; the same seed gives the same result (default 0)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="activation precision (auto: bf16 on GPUs that have it, fp32 on the CPU)")

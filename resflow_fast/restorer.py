@@ -82,7 +82,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .imageio import split_image
+from .imageio import ResflowInputError, split_image
 from .embedded_models import LoadedModel, resolve_model
 from .reference.checkpoint import check_margin
 from .reference.sampler import PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample
@@ -105,6 +105,10 @@ DEFAULT_OVERLAP = 32
 #: along the borders of a flat image; with the context those edges fall outside the picture
 #: (BENCHMARKS.md, "Mirrored context at the borders", has the measurement).
 DEFAULT_MARGIN = 16
+#: Smallest tile side ``tile=`` accepts.
+MIN_TILE_SIDE = 16
+#: Largest seed: the auxiliary noise's generator takes 64 bits.
+MAX_SEED = 2**64 - 1
 #: Smallest tile side the memory budget and the out-of-memory retries go down to.
 MIN_TILE = 64
 #: Share of free memory the default budget takes; the rest is left to the system and other programs.
@@ -420,9 +424,9 @@ class Restorer:
         self.device = self._pick_device(device, model)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tile = self._check_tile(tile)
-        if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or overlap < 0:
             raise ValueError(f"overlap: must be a non-negative number of pixels, got {overlap!r}")
-        self.overlap = overlap
+        self.overlap = int(overlap)
         if margin is not None:
             check_margin(margin)
         self.max_memory = parse_memory(max_memory)
@@ -466,11 +470,14 @@ class Restorer:
 
     @staticmethod
     def _check_tile(tile: int | str | None) -> int | str | None:
-        if tile in ("auto", None, 0):
-            return tile or None
-        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
-            raise ValueError(f"tile: expected 'auto', None/0 (never tile) or a side of at least 16 pixels, got {tile!r}")
-        return tile
+        if isinstance(tile, str) and tile == "auto":
+            return tile
+        if tile is None or (isinstance(tile, numbers.Integral) and not isinstance(tile, bool) and tile == 0):
+            return None
+        if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < MIN_TILE_SIDE:
+            raise ValueError(f"tile: expected 'auto', None/0 (never tile) or a side of at least {MIN_TILE_SIDE} pixels, "
+                             f"got {tile!r}")
+        return int(tile)
 
     # -- public ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -485,12 +492,14 @@ class Restorer:
         with ``seed``, as if it were restored alone. ``progress(done, total)``, if given, is called
         as the work of each image advances (Euler steps x tiles).
         """
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"seed: must be an integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed: must be an integer from 0 to 2**64 - 1, got {seed!r}")
         seed = int(seed)
         if isinstance(image, (list, tuple)):
             return [self._restore_one(item, seed, f"image[{i}]", progress) for i, item in enumerate(image)]
         if isinstance(image, torch.Tensor) and image.ndim == 4:
+            if image.shape[0] == 0:
+                raise ResflowInputError(f"image: an empty batch, shape {tuple(image.shape)}; give at least one image")
             return torch.stack([self._restore_one(item, seed, f"image[{i}]", progress) for i, item in enumerate(image)])
         return self._restore_one(image, seed, "image", progress)
 

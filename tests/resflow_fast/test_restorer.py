@@ -451,13 +451,32 @@ def test_non_finite_fp32_output_is_never_returned(unet, monkeypatch):
     (dict(device="banana"), "device: 'banana' is not a device"),
     (dict(tile="big"), "tile: expected 'auto'"),
     (dict(tile=8), "tile: expected"),
+    (dict(tile=np.float64(64)), "tile: expected"),
     (dict(overlap=-1), "overlap: must be"),
+    (dict(overlap=8.0), "overlap: must be"),
     (dict(steps=0), "steps must be a positive integer"),
     (dict(y_mode="sideways"), "unknown y_mode"),
 ])
 def test_bad_arguments_are_clear_errors(unet, kwargs, message):
     with pytest.raises(ValueError, match=message):
         Restorer(unet, **kwargs)
+
+
+def test_numpy_integers_are_integers(unet):
+    restorer = Restorer(unet, tile=np.int64(32), overlap=np.int32(8))
+    assert (restorer.tile, restorer.overlap) == (32, 8) and type(restorer.tile) is int
+    assert Restorer(unet, tile=np.int64(0)).tile is None
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.0, True])
+def test_a_seed_the_noise_generator_cannot_take_is_refused_by_name(unet, seed):
+    with pytest.raises(ValueError, match="seed: must be an integer from 0 to 2\\*\\*64 - 1"):
+        Restorer(unet, steps=1).restore(RGB, seed=seed)
+
+
+def test_an_empty_batch_is_refused_by_name(unet):
+    with pytest.raises(ValueError, match="image: an empty batch, shape \\(0, 3, 8, 8\\)"):
+        Restorer(unet, steps=1).restore(torch.rand(0, 3, 8, 8))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -597,7 +616,6 @@ def test_cli_a_failed_write_keeps_the_previous_output(tmp_path, checkpoint, monk
     (["in.png", "-o", "out"], "the embedded 'default' model is not installed in this copy of the package; reinstall"),
     (["in.png", "-o", "out.psd", "--model", "{ckpt}"], "Pillow cannot write '.psd' files"),
     (["in.png", "-o", "in.png", "--model", "{ckpt}"], "would overwrite its own input"),
-    (["in.png", "-o", "out", "--model", "{ckpt}", "--tile", "8"], "tile: expected"),
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, checkpoint, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
@@ -606,6 +624,20 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, checkpoint, monkeypat
     assert main(["restore", *[a.replace("{ckpt}", str(checkpoint)) for a in args]]) == 2
     err = capsys.readouterr().err
     assert err.startswith("resflow: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--tile", "8", "argument --tile: expected 'auto', 'off' or a tile side of at least 16 pixels, got '8'"),
+    ("--tile", "big", "argument --tile: expected 'auto', 'off' or a tile side of at least 16 pixels, got 'big'"),
+    ("--seed", str(2**64), "argument --seed: expected an integer from 0 to 2**64 - 1"),
+    ("--seed", "-1", "argument --seed: expected an integer from 0 to 2**64 - 1"),
+])
+def test_cli_out_of_range_options_are_refused_by_the_parser(tmp_path, checkpoint, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--model", str(checkpoint),
+              f"{option}={value}"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
