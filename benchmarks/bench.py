@@ -15,7 +15,7 @@ the Markdown and (``--write-benchmarks-md``) BENCHMARKS.md are rewritten after e
     python -m resflow_fast.benchmarks --out results/ [--write-benchmarks-md]
     python -m resflow_fast.benchmarks --dry-run          # the plan and its time estimates, no timing
     python -m resflow_fast.benchmarks --acceptance-only --out results/
-    python -m resflow_fast.benchmarks --device cpu --out /tmp/smoke
+    python -m resflow_fast.benchmarks --device cpu --out runs/bench-smoke
     python -m resflow_fast.benchmarks --only conv --out results/ [--conv-layers paper:2048]
 """
 from __future__ import annotations

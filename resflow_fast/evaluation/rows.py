@@ -188,7 +188,8 @@ def evaluate(images: list[EvalImage], degradations: list[EvalDegradation], task_
     total = sum(len(rows) for _, rows in plans) * len(images)
     with tqdm(total=total, unit="restore", desc="eval", disable=not progress) as bar:
         for deg, rows in plans:
-            result.rows[deg.key] = [{"name": r.name, "group": r.group, "device": r.device, "model": r.model} for r in rows]
+            result.rows[deg.key] = [{"name": r.name, "group": r.group, "device": r.device, "model": _model_label(r.model)}
+                                    for r in rows]
             for row in rows:
                 if row.warm_up:
                     row.run(deg.apply(images[0].clean, images[0].name), deg)
@@ -223,6 +224,20 @@ def _distribution_version(distribution: str, module: str) -> str:
             return str(__import__(module).__version__)
         except Exception:  # not installed, or no version attribute
             return "not installed"
+
+
+def _model_label(model: str | None) -> str | None:
+    """How a row's model is recorded: none for a row without one, an embedded name as it is, a file
+    inside the source checkout relative to it (the report must not carry the machine's own paths),
+    any other path as given."""
+    if model is None:
+        return None
+    if embedded_name(str(model)) is not None:
+        return str(model)
+    try:
+        return Path(model).resolve().relative_to(ABLATION_DIR.parents[1]).as_posix()
+    except (ValueError, OSError):
+        return str(model)
 
 
 def _environment(task_models: dict[str, str], ablations: dict[str, Path]) -> dict:

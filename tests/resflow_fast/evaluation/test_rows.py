@@ -101,3 +101,11 @@ def test_resflow_rows_are_what_restore_gives_at_its_defaults(tiny_model, make_im
     shipped = {r["row"]: r["psnr"] for r in result.records}[SHIPPED]
     assert shipped == image_metrics(restore(lq, model=tiny_model, seed=0), image.clean)[0]
     assert shipped != image_metrics(restore(lq, model=tiny_model, seed=0, tile=None), image.clean)[0]
+
+
+def test_a_rows_model_is_recorded_without_the_machines_own_paths(tmp_path):
+    from resflow_fast.evaluation.rows import ABLATION_DIR, _model_label
+
+    assert _model_label("mix") == "mix" and _model_label(None) is None  # a classical row has none
+    assert _model_label(str(ABLATION_DIR / "linear.safetensors")) == "docs/ablation-models/linear.safetensors"
+    assert _model_label(str(tmp_path / "m.safetensors")) == str(tmp_path / "m.safetensors")  # outside: as given
