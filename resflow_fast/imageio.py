@@ -83,7 +83,8 @@ class DeepImage:
     """A 16-bit-per-channel image Pillow cannot hold: grey + alpha, RGB or RGBA, from a PNG or TIFF file.
 
     ``pixels`` is (H, W, C) uint16 with C = 2 (grey, alpha), 3 (RGB) or 4 (RGBA), full scale 65535;
-    ``format`` is "PNG" or "TIFF"; ``info`` may hold the ICC profile ("icc_profile", raw bytes).
+    ``format`` is "PNG" or "TIFF"; ``info`` may hold the ICC profile ("icc_profile", raw bytes) and,
+    from a PNG, the EXIF block ("exif", raw bytes; a 16-bit TIFF's EXIF is not carried).
     ``np.asarray(image)`` gives the pixels.
     """
 
@@ -198,9 +199,24 @@ def _read_png16(path: Path) -> DeepImage:
         if kind == b"iCCP":  # name, NUL, compression method 0, zlib stream
             with contextlib.suppress(zlib.error, ValueError):
                 info["icc_profile"] = zlib.decompress(data[data.index(b"\x00") + 2:])
+        if kind == b"eXIf":
+            info["exif"] = _exif_without_orientation(data)
         if kind == b"IDAT":
             break
     return DeepImage(_upright(pixels, _orientation(path)), "PNG", info)
+
+
+def _exif_without_orientation(data: bytes) -> bytes:
+    """The raw EXIF block (TIFF header first, as a PNG eXIf chunk holds it) with its orientation
+    tag removed: the pixels are returned upright, so the tag would turn them a second time."""
+    exif = Image.Exif()
+    try:
+        exif.load(data)
+    except Exception:  # noqa: BLE001 - an unreadable block is dropped, as Pillow drops it
+        return b""
+    exif.pop(0x0112, None)
+    block = exif.tobytes()
+    return block[6:] if block.startswith(b"Exif\x00\x00") else block
 
 
 def _read_tiff16(path: Path) -> DeepImage:
@@ -264,10 +280,14 @@ def _encode_deep(image: DeepImage, fmt: str, path: Path) -> bytes:
 
         writer = png.Writer(W, H, greyscale=C <= 2, alpha=C in (2, 4), bitdepth=16, compression=6)
         writer.write_array(buffer, pixels.reshape(-1))
-        if not icc:
+        exif = image.info.get("exif")
+        if not icc and not exif:
             return buffer.getvalue()
         chunks = list(png.Reader(bytes=buffer.getvalue()).chunks())
-        chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))  # right after IHDR
+        if exif:  # eXIf must come before the image data
+            chunks.insert(1, (b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+        if icc:  # right after IHDR
+            chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
         out = io.BytesIO()
         png.write_chunks(out, chunks)
         return out.getvalue()

@@ -299,6 +299,21 @@ def test_16_bit_colour_keeps_its_icc_profile_and_is_turned_upright(tmp_path):
     np.testing.assert_array_equal(back.pixels, np.rot90(pixels, -1))
 
 
+def test_16_bit_png_keeps_its_exif_less_the_orientation_it_was_turned_by(tmp_path):
+    from resflow_fast.imageio import DeepImage, read_image
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Camera maker", 6  # Make; orientation: rotate 90 clockwise
+    pixels = _deep_pixels(3)
+    save_image(DeepImage(pixels, "PNG", {"exif": exif.tobytes()}), tmp_path / "in.png")
+    image = read_image(tmp_path / "in.png")
+    np.testing.assert_array_equal(image.pixels, np.rot90(pixels, -1))
+    save_image(image, tmp_path / "out.png")
+    back = Image.open(tmp_path / "out.png").getexif()
+    assert back.get(0x010F) == "Camera maker" and back.get(0x0112) is None  # kept; not turned a second time
+    np.testing.assert_array_equal(read_image(tmp_path / "out.png").pixels, image.pixels)
+
+
 def test_16_bit_colour_cannot_be_written_as_an_8_bit_format(tmp_path):
     from resflow_fast.imageio import DeepImage
 
