@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU call of resflow-fast, on a machine with an NVIDIA GPU and no network:
 #
-#   bash benchmarks/run_on_gpu.sh "$OUT"            the full call: over within 540 s
+#   bash benchmarks/run_on_gpu.sh "$OUT"            the full call: over within 510 s
 #   bash benchmarks/run_on_gpu.sh "$OUT" --quick    the rerun after a fix: over within 240 s
 #
 # Three stages against one deadline counted from the script's start, each under a hard `timeout`,
@@ -51,7 +51,7 @@ if [ "$MODE" = quick ]; then
     TESTS_S=${TESTS_S:-75}
     CALL='bash benchmarks/run_on_gpu.sh "$OUT" --quick'
 else
-    DEADLINE_S=${DEADLINE_S:-540}
+    DEADLINE_S=${DEADLINE_S:-510}
     TESTS_S=${TESTS_S:-150}
     CALL='bash benchmarks/run_on_gpu.sh "$OUT"'
 fi
