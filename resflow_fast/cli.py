@@ -167,16 +167,16 @@ def _plan_outputs(inputs: list[tuple[Path, Path]], out: Path, single_file: bool)
 # ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
-def _resumed_config(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields recorded in the checkpoint ``--resume`` will load (empty if none is found:
-    the trainer then reports the missing checkpoint)."""
+def _recorded_config(checkpoint: str | Path | bool | None, out_dir: str | None) -> dict:
+    """The TrainConfig fields recorded in ``checkpoint`` (a checkpoint folder, a run folder: its
+    latest, or True: the latest in ``out_dir``); empty if none is found, for the caller to report."""
     from .reference.checkpoint import RECORD_NAME, latest_checkpoint
     from .reference.train import TrainConfig
 
-    if args.resume is True:
-        path = latest_checkpoint(args.out_dir or TrainConfig.out_dir)
+    if checkpoint is True:
+        path = latest_checkpoint(out_dir or TrainConfig.out_dir)
     else:
-        path = Path(args.resume)
+        path = Path(checkpoint)
         if path.is_dir() and not (path / RECORD_NAME).is_file():  # a run folder: its latest checkpoint
             path = latest_checkpoint(path)
     record_file = path / RECORD_NAME if path is not None else None
@@ -196,8 +196,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.degradation == "none":
         overrides["degradation"] = None
     # Resuming continues the run as it was configured: options not given on this command line come
-    # from the checkpoint's record, so `resflow train --out-dir RUN --resume` is enough.
-    base = _resumed_config(args) if args.resume is not None else {}
+    # from the checkpoint's record, so `resflow train --out-dir RUN --resume` is enough. A new run
+    # may take them from another run's record the same way (--options-from).
+    if args.resume is not None and args.options_from is not None:
+        raise UsageError("--options-from starts a new run; --resume continues one with its own options: give one")
+    if args.resume is not None:
+        base = _recorded_config(args.resume, args.out_dir)
+    elif args.options_from is not None:
+        base = _recorded_config(args.options_from, None)
+        if not base:
+            raise UsageError(f"--options-from {args.options_from}: no training record (record.json) found there")
+        base.pop("init_from", None)  # the run it came from started from elsewhere; this one says so itself
+    else:
+        base = {}
     config = TrainConfig(**{**base, **overrides})
     from .training_hooks import trainer_hooks
 
@@ -435,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the latest checkpoint in --out-dir, or the given checkpoint folder")
     t.add_argument("--init-from", dest="init_from",
                    help="fine-tune: start a new run (step 0, fresh optimizer) from this weights file or checkpoint")
+    t.add_argument("--options-from", dest="options_from", metavar="CHECKPOINT",
+                   help="start a new run with the options recorded in this checkpoint or run folder (its "
+                        "data, degradations, schedule, ...); options given here override them")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

@@ -41,13 +41,51 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "out" / "train.log").exists()
 
 
-def test_it_resumes_the_carried_checkpoint_and_writes_what_comes_back(tmp_path):
-    run = tmp_path / "run"
+def test_data_the_record_names_must_have_travelled(tmp_path):
+    checkpoint = tmp_path / "run" / "step-00000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "record.json").write_text(json.dumps({"step": 1, "train": {"data": "runs/no-such-photos"}}))
+    (checkpoint / "weights.safetensors").write_bytes(b"")
+    result = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out"), str(tmp_path / "run")], cwd=REPO,
+                            env=_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "runs/no-such-photos" in result.stderr and "carry it in" in result.stderr
+    assert not (tmp_path / "out" / "train.log").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A two-step run of the test preset made with the command line."""
+    folder = tmp_path_factory.mktemp("tiny")
+    run = folder / "run"
     first = subprocess.run([sys.executable, "-m", "resflow_fast", "train", "--preset", "test", "--data", "procedural",
                             "--crop", "16", "--batch-size", "2", "--steps", "2", "--checkpoint-every", "2",
                             "--val-every", "1000", "--val-images", "1", "--device", "cpu", "--out-dir", str(run),
-                            "--quiet"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+                            "--quiet"], cwd=folder, env=_env(), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
+    return run
+
+
+def test_a_slim_checkpoint_starts_a_new_run_from_its_weights_with_its_options(tiny_run, tmp_path):
+    import shutil
+
+    slim = tmp_path / "slim" / "step-00000002"
+    slim.mkdir(parents=True)
+    for name in ("record.json", "weights.safetensors"):  # no train_state.pt: half the size
+        shutil.copy(tiny_run / "step-00000002" / name, slim / name)
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(SCRIPT), str(out), str(slim.parent)], cwd=REPO, capture_output=True,
+                            text=True, timeout=600, env=_env(DEVICE="cpu", STEPS="1", BATCH_SIZE="2", DATA_WORKERS="0",
+                                                             INSTALL="link", DEADLINE_S="400"))
+    log = (out / "train.log").read_text()
+    assert result.returncode == 0, log
+    assert "fresh optimizer" in log and "trained to step 1" in log
+    record = json.loads((out / "run" / "step-00000001" / "record.json").read_text())
+    assert record["train"]["init_from"] == str(slim) and record["train"]["crop"] == 16  # the recorded options
+    assert (out / "weights-fp16.safetensors").is_file()
+
+
+def test_it_resumes_the_carried_checkpoint_and_writes_what_comes_back(tiny_run, tmp_path):
+    run = tiny_run
     out = tmp_path / "out"
     result = subprocess.run(["bash", str(SCRIPT), str(out), str(run)], cwd=REPO, capture_output=True, text=True,
                             timeout=600, env=_env(DEVICE="cpu", STEPS="4", BATCH_SIZE="2", DATA_WORKERS="0",

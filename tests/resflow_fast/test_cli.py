@@ -59,6 +59,23 @@ def test_resume_with_new_flat_options_overrides_the_record_and_says_so(run_dir, 
     assert record["train"]["crop"] == 16  # the options not given still come from the checkpoint
 
 
+def test_a_new_run_takes_its_options_from_another_runs_record(run_dir, tmp_path, capsys):
+    import json
+
+    new = tmp_path / "new"
+    assert main(["train", "--out-dir", str(new), "--options-from", str(run_dir), "--init-from",
+                 str(run_dir / "step-00000002"), "--steps", "1", "--quiet"]) == 0
+    record = json.loads((new / "step-00000001" / "record.json").read_text())
+    assert record["step"] == 1  # a new run: it counts from 0
+    assert record["train"]["preset"] == "test" and record["train"]["crop"] == 16
+    assert record["train"]["batch_size"] == 2 and record["train"]["degradation"] == "noise:25"
+    assert record["train"]["init_from"] == str(run_dir / "step-00000002")
+    assert main(["train", "--out-dir", str(new), "--resume", "--options-from", str(run_dir), "--quiet"]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert main(["train", "--out-dir", str(tmp_path / "x"), "--options-from", str(tmp_path), "--quiet"]) == 2
+    assert "no training record" in capsys.readouterr().err
+
+
 def test_restore_and_export(run_dir, tmp_path, capsys):
     Image.fromarray((np.random.default_rng(0).random((13, 17, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
     assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(run_dir)]) == 0
