@@ -109,7 +109,7 @@ status=$?
 say "training ended (exit $status) after $(( SECONDS - started )) s: $(grep -E '^trained to step' "$LOG" | tail -n 1)"
 
 export_ok=0
-if timeout -k 5 60 "$PY" -m resflow_fast export "$OUT_DIR/run" "$OUT_DIR/weights-fp16.safetensors" --half >> "$LOG" 2>&1; then
+if timeout -k 5 60 "$PY" -m resflow_fast export "$OUT_DIR/run" "$OUT_DIR/weights-fp16.safetensors" --half --overwrite >> "$LOG" 2>&1; then
     export_ok=1
     say "exported the EMA weights as fp16: $OUT_DIR/weights-fp16.safetensors"
 else

@@ -323,8 +323,25 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _check_export_output(checkpoint: Path, out: Path, overwrite: bool) -> None:
+    """An export never replaces a file unasked, never writes into the checkpoint or run folder it
+    reads (a weights file there would corrupt the checkpoint), and names a folder given as output."""
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder; give the weights file's name, e.g. {out / 'model.safetensors'}")
+    source = checkpoint.resolve()
+    if (source.is_dir() and source in out.resolve().parents) or out.resolve() == source:
+        raise UsageError(f"{out} lies inside the checkpoint being exported ({checkpoint}); write it elsewhere")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .reference.checkpoint import export_weights
+
+    out = Path(args.output)
+    _check_export_output(Path(args.checkpoint), out, args.overwrite)
+    if Path(args.checkpoint).exists():  # else the export says the checkpoint is missing, and no folder is left
+        out.parent.mkdir(parents=True, exist_ok=True)
 
     sampling = None
     if (args.steps, args.time_power, args.y_mode) != (None, None, None):
@@ -499,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("output")
     e.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    e.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     e.add_argument("--half", action="store_true", help="store the weights as fp16 (half the file size)")
     e.add_argument("--steps", type=int, help="record the Euler steps the model restores with by default")
     e.add_argument("--time-power", dest="time_power", type=float,

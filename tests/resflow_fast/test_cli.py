@@ -97,6 +97,25 @@ def test_one_bad_file_does_not_stop_the_others(run_dir, tmp_path, capsys):
     assert "bad.png" in capsys.readouterr().err
 
 
+def test_export_never_overwrites_unasked_nor_writes_into_its_checkpoint(run_dir, tmp_path, capsys):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's file")
+    assert main(["export", str(run_dir), str(precious)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and precious.read_text() == "the user's file"
+    inside = run_dir / "step-00000002" / "weights.safetensors"
+    before = inside.read_bytes()
+    for target in (inside, run_dir / "m.safetensors"):
+        assert main(["export", str(run_dir), str(target), "--overwrite"]) == 2
+        assert "lies inside the checkpoint being exported" in capsys.readouterr().err
+    assert inside.read_bytes() == before and not (run_dir / "m.safetensors").exists()
+    (tmp_path / "folder").mkdir()
+    assert main(["export", str(run_dir), str(tmp_path / "folder")]) == 2
+    assert "is a folder; give the weights file's name" in capsys.readouterr().err
+    assert main(["export", str(run_dir), str(precious), "--overwrite"]) == 0  # asked: replaced
+    assert load_weights(precious)[1]["weights"] == "ema"
+    assert main(["export", str(run_dir), str(tmp_path / "new" / "sub" / "m.safetensors")]) == 0  # folders made
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda p: ["restore", str(p / "x.png"), "-o", str(p / "o.png"), "--model", str(p / "garbage.safetensors")],
      "not a resflow-fast weights file"),
