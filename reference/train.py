@@ -99,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_steps must not be negative, got {self.warmup_steps!r}")
         if not isinstance(self.data_workers, int) or isinstance(self.data_workers, bool) or self.data_workers < 0:
             raise ValueError(f"TrainConfig.data_workers must be an integer >= 0, got {self.data_workers!r}")
+        if self.max_minutes is not None and not (self.max_minutes > 0 and math.isfinite(self.max_minutes)):
+            raise ValueError(f"TrainConfig.max_minutes must be positive (or None: no time limit), got {self.max_minutes!r}")
         # validates the schedule name and constants
         Schedule(self.schedule, self.beta, self.gamma, self.loss_weight_floor)
         preset_config(self.preset, self.image_channels, dropout=self.dropout)  # validates the preset

@@ -167,23 +167,38 @@ def _plan_outputs(inputs: list[tuple[Path, Path]], out: Path, single_file: bool)
 # ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
-def _recorded_config(checkpoint: str | Path | bool | None, out_dir: str | None) -> dict:
-    """The TrainConfig fields recorded in ``checkpoint`` (a checkpoint folder, a run folder: its
-    latest, or True: the latest in ``out_dir``); empty if none is found, for the caller to report."""
+#: Options that belong to the machine and the sitting, not to the run: a resumed run (or one
+#: started --options-from another) takes them from its own command line or the defaults, never
+#: from the record (a GPU run's device, data workers and pruning must not follow it to a CPU, nor a
+#: time limit outlive the command that set it).
+NOT_INHERITED = ("out_dir", "device", "data_workers", "keep_last", "max_minutes")
+
+
+def _checkpoint_folder(checkpoint: str | Path | bool, out_dir: str | None) -> Path | None:
+    """The checkpoint folder ``checkpoint`` names: itself, a run folder's latest, or (True) the
+    latest in ``out_dir``; None where there is none."""
     from .reference.checkpoint import RECORD_NAME, latest_checkpoint
     from .reference.train import TrainConfig
 
     if checkpoint is True:
-        path = latest_checkpoint(out_dir or TrainConfig.out_dir)
-    else:
-        path = Path(checkpoint)
-        if path.is_dir() and not (path / RECORD_NAME).is_file():  # a run folder: its latest checkpoint
-            path = latest_checkpoint(path)
-    record_file = path / RECORD_NAME if path is not None else None
+        return latest_checkpoint(out_dir or TrainConfig.out_dir)
+    path = Path(checkpoint)
+    if path.is_dir() and not (path / RECORD_NAME).is_file():  # a run folder: its latest checkpoint
+        return latest_checkpoint(path)
+    return path
+
+
+def _recorded_config(checkpoint: Path | None) -> dict:
+    """The run's TrainConfig fields recorded in ``checkpoint`` (less :data:`NOT_INHERITED`); empty if
+    it holds no record, for the caller or the trainer to report."""
+    from .reference.checkpoint import RECORD_NAME
+    from .reference.train import TrainConfig
+
+    record_file = checkpoint / RECORD_NAME if checkpoint is not None else None
     if record_file is None or not record_file.is_file():
         return {}
     saved = json.loads(record_file.read_text(encoding="utf-8")).get("train", {})
-    known = {f.name for f in fields(TrainConfig)}
+    known = {f.name for f in fields(TrainConfig)} - set(NOT_INHERITED)
     return {k: v for k, v in saved.items() if k in known}
 
 
@@ -200,20 +215,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     # may take them from another run's record the same way (--options-from).
     if args.resume is not None and args.options_from is not None:
         raise UsageError("--options-from starts a new run; --resume continues one with its own options: give one")
-    if args.resume is not None:
-        base = _recorded_config(args.resume, args.out_dir)
+    resume = args.resume
+    if resume is not None:
+        checkpoint = _checkpoint_folder(resume, args.out_dir)
+        base = _recorded_config(checkpoint)
+        if resume is not True and checkpoint is not None:
+            resume = str(checkpoint)
+            if args.out_dir is None:  # the run goes on in the folder that holds the checkpoint
+                overrides["out_dir"] = str(checkpoint.parent)
     elif args.options_from is not None:
-        base = _recorded_config(args.options_from, None)
+        base = _recorded_config(_checkpoint_folder(args.options_from, None))
         if not base:
             raise UsageError(f"--options-from {args.options_from}: no training record (record.json) found there")
-        base.pop("init_from", None)  # the run it came from started from elsewhere; this one says so itself
+        base.pop("init_from", None)  # where that run started is its own history; this run says its own
     else:
         base = {}
     config = TrainConfig(**{**base, **overrides})
     from .training_hooks import trainer_hooks
 
     device = _device(config.device)
-    result = train(config, resume=args.resume if args.resume is not None else False, progress=not args.quiet,
+    result = train(config, resume=resume if resume is not None else False, progress=not args.quiet,
                    **trainer_hooks(device))
     if int(os.environ.get("RANK", 0)) == 0:
         v = result["validation"]
@@ -459,8 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(needs a C++ compiler on a CPU; recorded, so a resume keeps it unless --no-compile)")
     t.add_argument("--no-amp", dest="amp", action="store_const", const=False,
                    help="train in fp32 throughout (default: bf16 autocast on a GPU, or a CPU with AMX or AVX-512 BF16)")
+    t.add_argument("--amp", dest="amp", action="store_const", const=True,
+                   help="bf16 autocast where the device has bf16 arithmetic (the default; undoes a recorded --no-amp)")
     t.add_argument("--resume", nargs="?", const=True, default=None,
-                   help="continue the latest checkpoint in --out-dir, or the given checkpoint folder")
+                   help="continue the latest checkpoint in --out-dir, or the given checkpoint or run folder (the "
+                        "run then goes on in the folder holding that checkpoint)")
     t.add_argument("--init-from", dest="init_from",
                    help="fine-tune: start a new run (step 0, fresh optimizer) from this weights file or checkpoint")
     t.add_argument("--options-from", dest="options_from", metavar="CHECKPOINT",

@@ -59,6 +59,34 @@ def test_resume_with_new_flat_options_overrides_the_record_and_says_so(run_dir, 
     assert record["train"]["crop"] == 16  # the options not given still come from the checkpoint
 
 
+def test_resume_leaves_the_machines_options_behind_and_goes_on_where_the_checkpoint_is(run_dir, tmp_path,
+                                                                                       monkeypatch, capsys):
+    import json
+    import shutil
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    record_file = run / "step-00000002" / "record.json"
+    record = json.loads(record_file.read_text())
+    record["train"].update(max_minutes=0.0001, keep_last=1, data_workers=3, device="cuda", amp=False)  # a GPU run's
+    record_file.write_text(json.dumps(record))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # by path, from another folder, without --out-dir: the run goes on beside its checkpoint
+    assert main(["train", "--resume", str(run / "step-00000002"), "--steps", "3", "--amp", "--quiet"]) == 0
+    assert not list(elsewhere.iterdir())
+    train = json.loads((run / "step-00000003" / "record.json").read_text())["train"]
+    assert train["max_minutes"] is None and train["keep_last"] == 3 and train["data_workers"] == 0
+    assert train["device"] == "auto" and train["amp"] is True and train["crop"] == 16  # the run's own: kept
+    assert main(["train", "--resume", str(run), "--steps", "4", "--quiet"]) == 0  # a run folder: its latest
+    assert (run / "step-00000004").is_dir()
+
+
+def test_a_time_limit_must_be_positive(tmp_path, capsys):
+    assert main(TINY_TRAIN + ["--out-dir", str(tmp_path / "run"), "--max-minutes", "-1"]) == 2
+    assert "max_minutes must be positive" in capsys.readouterr().err
+
+
 def test_a_new_run_takes_its_options_from_another_runs_record(run_dir, tmp_path, capsys):
     import json
 
