@@ -1,4 +1,5 @@
-"""The ``resflow`` command: ``train``, ``restore``, ``export``, ``demo``, ``bench`` and ``eval``.
+"""The ``resflow`` command: ``train``, ``restore``, ``export``, ``demo``, ``bench``, ``eval`` and
+``training-photos``.
 
 Errors a user can act on (a bad path, a corrupt checkpoint, an unknown preset...) are printed as
 one line naming the problem, with exit status 2 and no traceback; ``RESFLOW_DEBUG=1`` shows it.
@@ -400,13 +401,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .reference.train import TrainConfig, train
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # A run folder of its own: a second demo into the same OUT must not meet the first one's checkpoints.
+    run_dir = out / "run"
+    while run_dir.exists():
+        run_dir = out / f"run-{int(run_dir.name.partition('-')[2] or 1) + 1}"
     config = TrainConfig(preset="test", data="procedural", degradation=f"noise:{args.sigma}", crop=32, batch_size=8,
                          steps=100000, lr=2e-3, warmup_steps=20, max_minutes=args.minutes, checkpoint_every=100000,
-                         val_every=100000, val_images=2, seed=args.seed, out_dir=str(out / "run"), device=args.device)
+                         val_every=100000, val_images=2, seed=args.seed, out_dir=str(run_dir), device=args.device)
+    device = _device(args.device)
+    out.mkdir(parents=True, exist_ok=True)  # after the options are known good: a refused demo leaves nothing
     result = train(config, progress=not args.quiet)
     model, schedule, _ = load_model(result["checkpoint"])
-    device = _device(args.device)
     model.to(device)
     # A held-out image: a dataset seed no training sample used, and a larger size than the crops.
     held_out = build_dataset("procedural", f"noise:{args.sigma}", 256, seed=args.seed + 10_000)

@@ -107,7 +107,7 @@ def _fetch_sources(photos: tuple[Photo, ...], work: Path) -> dict[tuple[str, str
         if photo.source == "debian":
             roots[key] = debian_package_root(photo.package, photo.version, work)
         elif photo.source == "skimage":
-            import skimage  # the test extra installs it
+            import skimage  # checked in gather()
 
             roots[key] = Path(skimage.__file__).parent / "data"
         elif photo.source == "sklearn-wheel":  # unzipped, never imported: its version need not be installed
@@ -124,8 +124,16 @@ def gather(out_dir: str | Path, photos: tuple[Photo, ...] = PHOTOS) -> list[Path
     list was written, say) stops with an error naming the file, before anything of it is copied.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     missing = [p for p in photos if not (out / p.name).is_file() or sha256_of(out / p.name) != p.sha256]
+    from_skimage = [p for p in missing if p.source == "skimage"]
+    if from_skimage:  # before any download: the photographs scikit-image ships are read from the installed one
+        try:
+            import skimage  # noqa: F401
+        except ImportError:
+            raise TrainingPhotoError(
+                f"{len(from_skimage)} of the photographs ship with scikit-image, which is not installed "
+                f"(pip install scikit-image=={from_skimage[0].version}, the version the list was made with)") from None
+    out.mkdir(parents=True, exist_ok=True)
     if missing:
         with tempfile.TemporaryDirectory(prefix="resflow-photos-") as tmp:
             try:

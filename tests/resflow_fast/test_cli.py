@@ -183,3 +183,10 @@ def test_an_unknown_device_is_one_clear_line(tmp_path, command):
     proc = subprocess.run([sys.executable, "-m", "resflow_fast", *command, "--device", "gpu"], capture_output=True,
                           text=True, timeout=HANG_S, cwd=tmp_path)
     assert proc.returncode == 2 and "unknown device 'gpu'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # a refused command leaves no folder behind
+
+
+def test_a_second_demo_into_the_same_folder_trains_a_run_of_its_own(tmp_path, capsys):
+    for _ in range(2):
+        assert main(["demo", "--out", str(tmp_path / "demo"), "--minutes", "0.005", "--device", "cpu", "--quiet"]) == 0
+    assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"run", "run-2", "clean.png", "noisy.png", "restored.png"}

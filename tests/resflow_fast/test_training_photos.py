@@ -54,3 +54,14 @@ def test_gather_refuses_bytes_that_differ_from_the_list(tmp_path, monkeypatch):
     with pytest.raises(TrainingPhotoError, match="skimage-a.png .*SHA-256"):
         gather(tmp_path / "out", (photo,))
     assert list((tmp_path / "out").iterdir()) == []  # nothing half-written
+
+
+def test_gather_without_scikit_image_says_so_before_fetching_anything(tmp_path, monkeypatch):
+    import sys
+
+    photo = _local_photo(tmp_path, "a.png", b"pixels")
+    monkeypatch.setitem(sys.modules, "skimage", None)  # import skimage now raises ImportError
+    monkeypatch.setattr(training_photos, "_fetch_sources", lambda photos, work: pytest.fail("fetched"))
+    with pytest.raises(TrainingPhotoError, match="ship with scikit-image, which is not installed .*pip install"):
+        gather(tmp_path / "out", (photo,))
+    assert not (tmp_path / "out").exists()

@@ -33,7 +33,9 @@ def test_eval_command_writes_all_three_files(tiny_model, tmp_path, capsys):
     (["--steps", "4,4"], "given twice"),
     (["--degradations", "noise-15,noise-15"], "named twice"),
     (["--limit", "0"], "positive number of images"),
-    (["--model", "noise=/no/such/model.safetensors"], "not found"),
+    (["--model", "noise=/no/such/model.safetensors"], "no such file or folder"),
+    (["--dtype", "fp8"], "'fp8' is not one of"),
+    (["--device", "gpu"], "unknown device 'gpu'"),
 ])
 def test_bad_requests_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
     args = ["eval", "--images", "skimage", "--degradations", "noise-15", "--steps", "1", "--no-baselines",
@@ -43,6 +45,8 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, capsys, extra, me
     assert message in err and "Traceback" not in err
     out = tmp_path / "out"
     assert not out.exists() or not any(out.iterdir())  # checked for writing, perhaps, but nothing written
+    if "--model" in extra or "--dtype" in extra or "--device" in extra:
+        assert not out.exists()  # refused before the images are fetched or the folder is made
 
 
 def test_the_output_folder_must_be_named(capsys):
