@@ -190,6 +190,19 @@ def test_the_mix_model_dehazes_the_hazy_example_and_default_does_not(psnr01):
     assert by_model["mix"] - by_model["default"] > 2.5
 
 
+def test_the_rain_model_derains_the_rainy_example_where_mix_and_default_barely_do(psnr01):
+    """`rain` is the model for rain. On examples/astronaut-rainy.png (22.5 dB) it returns 26.6 dB
+    at its recorded 1 step, `mix` 22.8 dB and `default` 22.7 dB, as measured."""
+    from resflow_fast import restore
+
+    clean, rainy = _example("astronaut-clean.png"), Image.open(EXAMPLES / "astronaut-rainy.png")
+    before = psnr01(np.asarray(rainy, dtype=np.float64) / 255, clean)
+    by_model = {name: psnr01(np.asarray(restore(rainy, model=name), dtype=np.float64) / 255, clean)
+                for name in ("rain", "mix", "default")}
+    assert by_model["rain"] - before > 3.0
+    assert by_model["rain"] - max(by_model["mix"], by_model["default"]) > 3.0
+
+
 def test_the_sampling_settings_a_weights_file_records_are_loaded(tmp_path, unet):
     from resflow_fast.reference.sampler import PAPER_SAMPLING, SamplingSettings
 
