@@ -298,8 +298,17 @@ def _encode_deep(image: DeepImage, fmt: str, path: Path) -> bytes:
                          extrasamples=(2,) if C in (2, 4) else None, compression="zlib",
                          iccprofile=icc or None)
         return buffer.getvalue()
-    raise ResflowInputError(f"{path}: a 16-bit {image.mode[:-3]} image can be written as .png or .tif, not as {fmt} "
-                            "(which would cut it to 8 bits)")
+    raise _deep_format_error(path, f"a 16-bit {image.mode[:-3]} image", fmt)
+
+
+def _deep_format_error(path: Path, what: str, fmt: str) -> ResflowInputError:
+    return ResflowInputError(f"{path}: {what} can be written as .png or .tif, not as {fmt} (which would cut it to "
+                             "8 bits)")
+
+
+def _mode_error(path: Path, mode: str, fmt: str, error: Exception) -> ResflowInputError:
+    hint = "; choose a format that can, such as .png" if "cannot write mode" in str(error) else ""
+    return ResflowInputError(f"{path}: cannot write a {mode} image as {fmt} ({error}){hint}")
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -328,14 +337,12 @@ def check_can_save(source: str | os.PathLike, path: str | os.PathLike) -> None:
         return
     if deep is not None:
         if fmt not in ("PNG", "TIFF"):
-            raise ResflowInputError(f"{path}: {source} is a 16-bit image, which can be written as .png or .tif, not "
-                                    f"as {fmt} (which would cut it to 8 bits)")
+            raise _deep_format_error(path, f"{source}, a 16-bit image,", fmt)
         return
     try:
         Image.new(mode, (1, 1)).save(io.BytesIO(), format=fmt, **_ENCODER_OPTIONS.get(fmt, {}))
     except (OSError, ValueError, KeyError) as error:
-        hint = "; choose a format that can, such as .png" if "cannot write mode" in str(error) else ""
-        raise ResflowInputError(f"{path}: cannot write a {mode} image as {fmt} ({error}){hint}") from None
+        raise _mode_error(path, mode, fmt, error) from None
 
 
 def save_image(image: Image.Image | DeepImage, path: str | os.PathLike) -> None:
@@ -358,8 +365,7 @@ def save_image(image: Image.Image | DeepImage, path: str | os.PathLike) -> None:
     try:
         image.save(buffer, format=fmt, **options)
     except (OSError, ValueError, KeyError) as error:
-        hint = "; choose a format that can, such as .png" if "cannot write mode" in str(error) else ""
-        raise ResflowInputError(f"{path}: cannot write a {image.mode} image as {fmt} ({error}){hint}") from None
+        raise _mode_error(path, image.mode, fmt, error) from None
     atomic_write_bytes(path, buffer.getvalue())
 
 

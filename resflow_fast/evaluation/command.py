@@ -79,7 +79,9 @@ def _output_dir(out_dir: str) -> Path:
 def _check_device_dtype_models(device: str, dtype: str, task_models: dict[str, str]) -> None:
     """The device, dtype and every model exist, before the images are fetched (a download on a
     fresh machine) or the output folder is made."""
-    from ..embedded_models import embedded_model_path, embedded_name
+    import torch
+
+    from ..embedded_models import resolve_model
     from ..reference.system import pick_device
     from ..restorer import resolve_dtype
 
@@ -88,11 +90,10 @@ def _check_device_dtype_models(device: str, dtype: str, task_models: dict[str, s
     except ValueError as error:
         raise EvalError(f"--device {device} --dtype {dtype}: {error}") from None
     for task, model in task_models.items():
-        name = embedded_name(model)
-        if name is not None and not embedded_model_path(name).is_file():
-            raise EvalError(f"--model {task}={model}: the embedded model is not installed ({embedded_model_path(name)})")
-        if name is None and not Path(model).exists():
-            raise EvalError(f"--model {task}={model}: not an embedded model name and no such file or folder")
+        try:  # loaded on the CPU by the rule restore() uses (cached: the rows reuse it)
+            resolve_model(model, torch.device("cpu"))
+        except ValueError as error:  # CheckpointError and ModelNotInstalledError are ValueErrors
+            raise EvalError(f"--model {task}={model}: {error}") from None
 
 
 def run(args: argparse.Namespace, command: str = "resflow eval") -> int:

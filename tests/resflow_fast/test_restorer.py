@@ -668,7 +668,7 @@ def test_cli_a_format_that_cannot_hold_the_image_is_refused_before_any_restoring
         message = "cannot write a RGBA image as JPEG"
     else:
         save_image(DeepImage((RNG.random((9, 7, 3)) * 65535).astype(np.uint16)), tmp_path / "in.png")
-        message = "16-bit image, which can be written as .png or .tif, not as JPEG"
+        message = "a 16-bit image, can be written as .png or .tif, not as JPEG"
     restored = []
     monkeypatch.setattr(Restorer, "restore", lambda self, *a, **k: restored.append(a))
     assert _restore_cli(tmp_path / "in.png", "-o", tmp_path / "out.jpg", model=checkpoint) == 2

@@ -33,7 +33,7 @@ def test_eval_command_writes_all_three_files(tiny_model, tmp_path, capsys):
     (["--steps", "4,4"], "given twice"),
     (["--degradations", "noise-15,noise-15"], "named twice"),
     (["--limit", "0"], "positive number of images"),
-    (["--model", "noise=/no/such/model.safetensors"], "no such file or folder"),
+    (["--model", "noise=/no/such/model.safetensors"], "checkpoint not found"),
     (["--dtype", "fp8"], "'fp8' is not one of"),
     (["--device", "gpu"], "unknown device 'gpu'"),
 ])
