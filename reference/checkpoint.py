@@ -226,8 +226,20 @@ def check_margin(margin: object) -> int:
     return margin
 
 
+#: Smallest tile side a restore may cut an image into, and so the smallest a weights file may record.
+MIN_TILE_SIDE = 16
+
+
+def check_tile_side(tile: object) -> int:
+    """A recorded restore tile side: a whole number of pixels, at least :data:`MIN_TILE_SIDE`."""
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE_SIDE:
+        raise ValueError(f"tile: must be a side of at least {MIN_TILE_SIDE} pixels, got {tile!r}")
+    return tile
+
+
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
-                   half: bool = False, sampling: dict | None = None, margin: int | None = None) -> Path:
+                   half: bool = False, sampling: dict | None = None, margin: int | None = None,
+                   tile: int | None = None) -> Path:
     """Write an inference-only weights file (EMA weights by default) from a training checkpoint.
 
     ``half`` stores the floating-point tensors as fp16 (half the file; loading casts them back to
@@ -235,10 +247,13 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_em
     ``sampling`` (a :class:`~.sampler.SamplingSettings` dict: steps, time_power, y_mode) is
     recorded as the settings the model restores with unless a caller asks otherwise. ``margin``
     (pixels) is recorded as the mirrored context the package's restorer puts around an image for
-    this model (``resflow_fast.restorer``, "The margin").
+    this model (``resflow_fast.restorer``, "The margin"), and ``tile`` (pixels) as the largest
+    tile side it restores with when the caller leaves the tiling to it (``tile="auto"``).
     """
     if margin is not None:
         check_margin(margin)
+    if tile is not None:
+        check_tile_side(tile)
     if sampling is not None:
         from .sampler import SamplingSettings
 
@@ -257,5 +272,7 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, use_em
         record["sampling"] = sampling
     if margin is not None:
         record["margin"] = margin
+    if tile is not None:
+        record["tile"] = tile
     save_weights(out, state, record)
     return Path(out)

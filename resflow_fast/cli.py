@@ -358,8 +358,14 @@ def _check_export_output(checkpoint: Path, out: Path, overwrite: bool) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .reference.checkpoint import export_weights
+    from .reference.checkpoint import check_margin, check_tile_side, export_weights
 
+    for value, check in ((args.margin, check_margin), (args.tile, check_tile_side)):
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as error:  # before any folder is made
+                raise UsageError(f"--{error}") from None
     out = Path(args.output)
     _check_export_output(Path(args.checkpoint), out, args.overwrite)
     if Path(args.checkpoint).exists():  # else the export says the checkpoint is missing, and no folder is left
@@ -372,7 +378,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         sampling = dict(PAPER_SAMPLING.to_dict(), **{k: v for k, v in (("steps", args.steps), ("time_power", args.time_power),
                                                                      ("y_mode", args.y_mode)) if v is not None})
     path = export_weights(args.checkpoint, args.output, use_ema=not args.raw, half=args.half, sampling=sampling,
-                          margin=args.margin)
+                          margin=args.margin, tile=args.tile)
     print(f"wrote {path}")
     return 0
 
@@ -529,8 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory budget such as 4GB or 512MB (default: half the free memory); "
                         "the restore tiles to stay inside it")
     r.add_argument("--tile", type=_tile_arg, default="auto",
-                   help=f"largest tile side in pixels, 'auto' (tiles of at most {DEFAULT_TILE} px, smaller if the "
-                        "memory budget says so) or 'off' (one piece: attention over the whole image)")
+                   help=f"largest tile side in pixels, 'auto' (tiles of at most the side the model's file records, else "
+                        f"{DEFAULT_TILE} px; smaller if the memory budget says so) or 'off' (one piece: attention "
+                        "over the whole image)")
     r.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="pixels shared by neighbouring tiles")
     r.add_argument("--margin", type=int, default=None,
                    help="pixels of mirrored context restored around the image and cropped away, so that the "
@@ -553,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--y-mode", dest="y_mode", choices=["joint", "exact"], help="record the default y update")
     e.add_argument("--margin", type=int, help="record the mirrored context (pixels) restore() adds around an image "
                                               "for this model (0: none; unrecorded: the restorer's default)")
+    e.add_argument("--tile", type=int, help="record the largest tile side (pixels) restore() cuts an image into "
+                                            "for this model when the tiling is left to it (unrecorded: the "
+                                            "restorer's default)")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="train a tiny denoiser for about a minute and restore a held-out image")

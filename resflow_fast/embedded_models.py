@@ -17,7 +17,9 @@ A weights file may record the sampler settings its model restores best with (``r
 --steps/--time-power/--y-mode``); :attr:`LoadedModel.sampling` holds them, or the paper's
 (:data:`~resflow_fast.reference.sampler.PAPER_SAMPLING`) where the file records none. It may also
 record the mirrored margin the restorer puts around an image for it (``resflow export
---margin``): :attr:`LoadedModel.margin`, None where it records none.
+--margin``): :attr:`LoadedModel.margin`, and the largest tile side it restores with when the
+caller leaves the tiling to the restorer (``resflow export --tile``): :attr:`LoadedModel.tile`;
+each None where the file records none.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .reference.checkpoint import CheckpointError, check_margin, load_model, resolve_weights_path
+from .reference.checkpoint import (MIN_TILE_SIDE, CheckpointError, check_margin, check_tile_side, load_model,
+                                   resolve_weights_path)
 from .reference.sampler import PAPER_SAMPLING, SamplingSettings
 from .reference.schedule import Schedule
 from .reference.unet import UNet
@@ -57,7 +60,7 @@ MODEL_ALIASES: dict[str, str] = {"denoise": "default"}
 IMAGE_CHANNELS = 3
 
 _CACHE_SIZE = 4
-_cache: "OrderedDict[tuple, tuple[UNet, Schedule, SamplingSettings, int | None]]" = OrderedDict()
+_cache: "OrderedDict[tuple, tuple[UNet, Schedule, SamplingSettings, int | None, int | None]]" = OrderedDict()
 
 
 class ModelNotInstalledError(CheckpointError):
@@ -71,6 +74,7 @@ class LoadedModel:
     source: str  # for messages: the name, the file, or "module"
     sampling: SamplingSettings = PAPER_SAMPLING  # the settings the weights file records, else the paper's
     margin: int | None = None  # the mirrored context (pixels) the weights file records for restoring, if any
+    tile: int | None = None  # the largest tile side (pixels) the weights file records for restoring, if any
 
 
 def embedded_name(text: str) -> str | None:
@@ -96,17 +100,19 @@ def _check_channels(unet: UNet, schedule: Schedule, source: str) -> None:
                               f"RGB ({IMAGE_CHANNELS}-channel) model")
 
 
-def _recorded_margin(record: dict, source: str) -> int | None:
-    margin = record.get("margin") if isinstance(record, dict) else None
-    if margin is None:
+def _recorded_pixels(record: dict, key: str, check, expected: str, source: str) -> int | None:
+    """A size in pixels the record holds under ``key`` (the margin, the tile side), None where absent."""
+    value = record.get(key) if isinstance(record, dict) else None
+    if value is None:
         return None
     try:
-        return check_margin(margin)
+        return check(value)
     except ValueError:
-        raise CheckpointError(f"{source}: its recorded margin is invalid ({margin!r}; expected pixels >= 0)") from None
+        raise CheckpointError(f"{source}: its recorded {key} is invalid ({value!r}; expected {expected})") from None
 
 
-def _load_file(path: str | os.PathLike, device: torch.device) -> tuple[UNet, Schedule, SamplingSettings, int | None]:
+def _load_file(path: str | os.PathLike, device: torch.device
+               ) -> tuple[UNet, Schedule, SamplingSettings, int | None, int | None]:
     file = resolve_weights_path(path)
     stat = file.stat()
     key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
@@ -119,8 +125,9 @@ def _load_file(path: str | os.PathLike, device: torch.device) -> tuple[UNet, Sch
         sampling = SamplingSettings.from_record(record)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{file}: its recorded sampling settings are invalid ({error})") from None
-    margin = _recorded_margin(record, str(file))
-    _cache[key] = (unet.to(device).eval(), schedule, sampling, margin)
+    margin = _recorded_pixels(record, "margin", check_margin, "pixels >= 0", str(file))
+    tile = _recorded_pixels(record, "tile", check_tile_side, f"a side of at least {MIN_TILE_SIDE} pixels", str(file))
+    _cache[key] = (unet.to(device).eval(), schedule, sampling, margin, tile)
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return _cache[key]
@@ -164,10 +171,10 @@ def resolve_model(model: str | os.PathLike | torch.nn.Module, device: torch.devi
                 f"the embedded {name!r} model is not installed ({path} is missing); pass a checkpoint instead "
                 "(model='path/to/weights.safetensors' or a training run folder; `resflow train` or "
                 "`resflow demo` makes one)")
-        unet, schedule, sampling, margin = _load_file(path, device)
-        return LoadedModel(unet, schedule, name, sampling, margin)
+        unet, schedule, sampling, margin, tile = _load_file(path, device)
+        return LoadedModel(unet, schedule, name, sampling, margin, tile)
     if _looks_like_name(text) and not Path(text).exists():
         raise CheckpointError(f"unknown model {text!r}: not an embedded model name "
                               f"(known: {', '.join(EMBEDDED_MODELS)}) and no such file or folder")
-    unet, schedule, sampling, margin = _load_file(text, device)
-    return LoadedModel(unet, schedule, text, sampling, margin)
+    unet, schedule, sampling, margin, tile = _load_file(text, device)
+    return LoadedModel(unet, schedule, text, sampling, margin, tile)

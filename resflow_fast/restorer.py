@@ -19,11 +19,13 @@ the measurements).
 
 **Tiles, and what attention sees.** The U-Net has self-attention at 1/8 resolution and in its
 middle; over a whole image its cost grows with the square of the pixel count. By default
-(``tile="auto"``) an image is restored in overlapping square tiles of at most
-:data:`DEFAULT_TILE` pixels a side, so attention sees a region close to the crops the embedded
-models were trained on (64-128 px), the time grows linearly with the pixel count and the memory
-of one tile is fixed. BENCHMARKS.md, "CPU restore", has the measurement this default comes from
-(PSNR, time and peak memory of whole-image attention against tiles of several sizes).
+(``tile="auto"``) an image is restored in overlapping square tiles of at most the side the
+model's weights file records, else :data:`DEFAULT_TILE` pixels, so attention sees a region close
+to the crops the embedded models were trained on (64-256 px), the time grows linearly with the
+pixel count and the memory of one tile is fixed. BENCHMARKS.md, "CPU restore", has the
+measurement this default comes from (PSNR, time and peak memory of whole-image attention against
+tiles of several sizes); the `rain` model records 96 px, because it removes streaks best in
+small tiles (docs/MODEL_CARD.md, "`rain`").
 ``tile=None`` restores the image in one piece (attention over all of it) when that fits the
 memory budget, and refuses before any work when it does not.
 
@@ -84,7 +86,7 @@ import torch.nn.functional as F
 
 from .imageio import ResflowInputError, split_image
 from .embedded_models import LoadedModel, resolve_model
-from .reference.checkpoint import check_margin
+from .reference.checkpoint import MIN_TILE_SIDE, check_margin
 from .reference.sampler import PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample
 from .reference.schedule import Schedule
 from .reference.system import DeviceUnavailableError, UnknownDeviceError, pick_device
@@ -105,8 +107,8 @@ DEFAULT_OVERLAP = 32
 #: along the borders of a flat image; with the context those edges fall outside the picture
 #: (BENCHMARKS.md, "Mirrored context at the borders", has the measurement).
 DEFAULT_MARGIN = 16
-#: Smallest tile side ``tile=`` accepts.
-MIN_TILE_SIDE = 16
+#: Smallest tile side ``tile=`` accepts: ``reference.checkpoint.MIN_TILE_SIDE`` (re-exported here),
+#: which also bounds the side a weights file may record.
 #: Largest seed: the auxiliary noise's generator takes 64 bits.
 MAX_SEED = 2**64 - 1
 #: Smallest tile side the memory budget and the out-of-memory retries go down to.
@@ -395,7 +397,8 @@ class Restorer:
         steps: Euler steps; None: the model's recorded default (else the paper's 4).
         device: "auto" (CUDA when available, else the CPU), "cpu", "cuda", "cuda:N" or a torch.device.
         dtype: "auto" (bf16 on GPUs that have it, fp32 on the CPU), "fp32", "bf16" or "fp16".
-        tile: "auto" (tiles of at most :data:`DEFAULT_TILE` px, smaller if the budget says so), an
+        tile: "auto" (tiles of at most the side the model's weights file records, else
+            :data:`DEFAULT_TILE` px; smaller if the budget says so), an
             int (the largest tile side in pixels), or None / 0 (one piece: attention sees the whole
             image; refused before any work if it does not fit the budget).
         overlap: pixels shared by neighbouring tiles (at most a quarter of the tile side is used).
@@ -533,7 +536,7 @@ class Restorer:
                     f"restoring {width}x{height} in one piece (tile=None) needs about {format_bytes(need)}, more than "
                     f"the memory budget of {format_bytes(budget)}; let it tile (tile='auto') or raise max_memory")
         else:
-            wanted = DEFAULT_TILE if self.tile == "auto" else self.tile
+            wanted = (self.model.tile or DEFAULT_TILE) if self.tile == "auto" else self.tile
             side = max(self.multiple, wanted // self.multiple * self.multiple)
             while not fits(side) and side > MIN_TILE:
                 side = max(MIN_TILE, int(side / math.sqrt(2)) // self.multiple * self.multiple)

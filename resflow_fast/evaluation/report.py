@@ -111,7 +111,7 @@ def render_markdown(result: EvalResult, command: str) -> str:
         "with the PSNR's standard deviation over the images (sd) and its worst image (min); seconds are wall time "
         "per image on the device named, model already loaded. ResFlow uses seed 0.",
         "- ResFlow rows: each crop is restored as `restore()` restores it (the mirrored margin the weights file "
-        "records, else 16 px, and the default tiles of at most 256 px). First the model at the sampler settings "
+        "records, else 16 px, and tiles of at most the side it records, else 256 px). First the model at the sampler settings "
         "its weights file records (what `restore()` gives; the goals are judged on it), then the paper's sampler (uniform grid, x and y moved together) "
         "at the step counts asked for (1, 2 and 4 by default), and at sigma 25 and JPEG quality 10 more settings "
         "(8 steps, a grid with a long first step, exact y).",

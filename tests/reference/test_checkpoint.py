@@ -104,6 +104,18 @@ def test_export_records_the_margin_it_is_given(tmp_path):
     assert not (tmp_path / "bad.safetensors").exists()
 
 
+def test_export_records_the_tile_side_it_is_given(tmp_path):
+    model = build_unet("test")
+    save_training_checkpoint(tmp_path, 5, model.state_dict(), model.state_dict(), {"step": 5}, _record(step=5))
+    assert "tile" not in load_weights(export_weights(tmp_path, tmp_path / "plain.safetensors"))[1]
+    assert load_weights(export_weights(tmp_path, tmp_path / "t.safetensors", tile=96))[1]["tile"] == 96
+    assert load_weights(export_weights(tmp_path, tmp_path / "t16.safetensors", tile=16))[1]["tile"] == 16  # the least
+    for bad in (15, 0, -96, 96.0, True):
+        with pytest.raises(ValueError, match="tile: must be a side of at least 16 pixels"):
+            export_weights(tmp_path, tmp_path / "bad.safetensors", tile=bad)
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_half_export_is_fp16_and_loads_into_the_fp32_model(tmp_path):
     model, ema = build_unet("test"), build_unet("test")
     save_training_checkpoint(tmp_path, 5, model.state_dict(), ema.state_dict(), {"step": 5}, _record(step=5))

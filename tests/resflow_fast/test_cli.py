@@ -108,8 +108,15 @@ def test_restore_and_export(run_dir, tmp_path, capsys):
     Image.fromarray((np.random.default_rng(0).random((13, 17, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
     assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(run_dir)]) == 0
     assert Image.open(tmp_path / "out.png").size == (17, 13)
-    assert main(["export", str(run_dir), str(tmp_path / "m.safetensors"), "--steps", "1", "--margin", "3"]) == 0
+    assert main(["export", str(run_dir), str(tmp_path / "m.safetensors"), "--steps", "1", "--margin", "3",
+                 "--tile", "64"]) == 0
     assert load_weights(tmp_path / "m.safetensors")[1]["margin"] == 3
+    assert load_weights(tmp_path / "m.safetensors")[1]["tile"] == 64
+    for option, value, message in (("--tile", "8", "--tile: must be a side of at least 16 pixels, got 8"),
+                                   ("--margin", "-1", "--margin: must be a non-negative number of pixels")):
+        assert main(["export", str(run_dir), str(tmp_path / "new" / "m.safetensors"), option, value]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # refused before any folder is made
     assert main(["restore", str(tmp_path / "in.png"), "-o", str(tmp_path / "out2.png"),
                  "--model", str(tmp_path / "m.safetensors")]) == 0
 

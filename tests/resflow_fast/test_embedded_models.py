@@ -227,11 +227,31 @@ def test_the_margin_a_weights_file_records_is_loaded_and_checked(tmp_path, unet)
             resolve_model(tmp_path / "bad.safetensors", CPU)
 
 
+def test_the_tile_side_a_weights_file_records_is_loaded_and_checked(tmp_path, unet):
+    record = {"unet": unet.config.to_dict(), "schedule": Schedule().to_dict()}
+    save_weights(tmp_path / "t.safetensors", unet.state_dict(), dict(record, tile=96))
+    assert resolve_model(tmp_path / "t.safetensors", CPU).tile == 96
+    assert resolve_model(save_model(tmp_path / "plain.safetensors", unet), CPU).tile is None
+    assert resolve_model(unet, CPU).tile is None
+    for bad in (8, 0, 96.5, "96", True):
+        save_weights(tmp_path / "bad.safetensors", unet.state_dict(), dict(record, tile=bad))
+        embedded_models.clear_cache()
+        with pytest.raises(CheckpointError, match="bad.safetensors: its recorded tile is invalid"):
+            resolve_model(tmp_path / "bad.safetensors", CPU)
+
+
 def test_the_shipped_mix_model_records_no_margin_and_default_records_none():
     """`mix` dehazes from the whole image's statistics, which a mirrored border shifts: it records
     margin 0; `default` records none, so it gets the restorer's default."""
     assert resolve_model("mix", CPU).margin == 0
     assert resolve_model("default", CPU).margin is None
+
+
+def test_the_shipped_rain_model_records_small_tiles_and_the_others_none():
+    """`rain` removes streaks best in 96-px tiles (docs/MODEL_CARD.md); the others take the
+    restorer's default tiles."""
+    assert resolve_model("rain", CPU).tile == 96
+    assert resolve_model("default", CPU).tile is None and resolve_model("mix", CPU).tile is None
 
 
 def test_invalid_recorded_sampling_settings_are_a_clear_error(tmp_path, unet):

@@ -118,6 +118,19 @@ def test_the_margin_comes_from_the_argument_else_the_weights_file_else_the_defau
     np.testing.assert_array_equal(restore(RGB, model=path, steps=1), restore(RGB, model=unet, steps=1, margin=5))
 
 
+def test_auto_tiles_take_the_side_the_weights_file_records_and_an_explicit_tile_wins(tmp_path, unet):
+    path = tmp_path / "t.safetensors"
+    save_weights(path, unet.state_dict(), {"unet": unet.config.to_dict(), "schedule": Schedule().to_dict(),
+                                           "tile": 40, "margin": 0})
+    assert Restorer(path).plan(100, 100).tile_side == 40  # "auto": the recorded side
+    assert Restorer(path, tile=64).plan(100, 100).tile_side == 64
+    assert Restorer(path, tile=None).plan(100, 100).tile_side == 100
+    assert Restorer(unet, margin=0).plan(300, 300).tile_side == restorer_module.DEFAULT_TILE  # none recorded
+    image = (np.random.default_rng(2).random((70, 90, 3)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(restore(image, model=path, steps=1), restore(image, model=unet, steps=1, tile=40,
+                                                                               margin=0))
+
+
 def test_the_margin_is_planned_and_checked():
     restorer = Restorer(build_unet("test"), margin=16)
     plan = restorer.plan(100, 3)
