@@ -214,29 +214,19 @@ def test_the_sampling_settings_a_weights_file_records_are_loaded(tmp_path, unet)
     assert resolve_model(unet, CPU).sampling == PAPER_SAMPLING
 
 
-def test_the_margin_a_weights_file_records_is_loaded_and_checked(tmp_path, unet):
+@pytest.mark.parametrize("key, good, bad_values", [("margin", 0, (-3, 1.5, "16", True)),
+                                                    ("tile", 96, (8, 0, 96.5, "96", True))])
+def test_the_pixel_sizes_a_weights_file_records_are_loaded_and_checked(tmp_path, unet, key, good, bad_values):
+    """The mirrored margin and the tile side a file records for restoring; None where it records none."""
     record = {"unet": unet.config.to_dict(), "schedule": Schedule().to_dict()}
-    save_weights(tmp_path / "m0.safetensors", unet.state_dict(), dict(record, margin=0))
-    assert resolve_model(tmp_path / "m0.safetensors", CPU).margin == 0
-    assert resolve_model(save_model(tmp_path / "plain.safetensors", unet), CPU).margin is None
-    assert resolve_model(unet, CPU).margin is None
-    for bad in (-3, 1.5, "16"):
-        save_weights(tmp_path / "bad.safetensors", unet.state_dict(), dict(record, margin=bad))
+    save_weights(tmp_path / "m.safetensors", unet.state_dict(), dict(record, **{key: good}))
+    assert getattr(resolve_model(tmp_path / "m.safetensors", CPU), key) == good
+    assert getattr(resolve_model(save_model(tmp_path / "plain.safetensors", unet), CPU), key) is None
+    assert getattr(resolve_model(unet, CPU), key) is None
+    for bad in bad_values:
+        save_weights(tmp_path / "bad.safetensors", unet.state_dict(), dict(record, **{key: bad}))
         embedded_models.clear_cache()
-        with pytest.raises(CheckpointError, match="bad.safetensors: its recorded margin is invalid"):
-            resolve_model(tmp_path / "bad.safetensors", CPU)
-
-
-def test_the_tile_side_a_weights_file_records_is_loaded_and_checked(tmp_path, unet):
-    record = {"unet": unet.config.to_dict(), "schedule": Schedule().to_dict()}
-    save_weights(tmp_path / "t.safetensors", unet.state_dict(), dict(record, tile=96))
-    assert resolve_model(tmp_path / "t.safetensors", CPU).tile == 96
-    assert resolve_model(save_model(tmp_path / "plain.safetensors", unet), CPU).tile is None
-    assert resolve_model(unet, CPU).tile is None
-    for bad in (8, 0, 96.5, "96", True):
-        save_weights(tmp_path / "bad.safetensors", unet.state_dict(), dict(record, tile=bad))
-        embedded_models.clear_cache()
-        with pytest.raises(CheckpointError, match="bad.safetensors: its recorded tile is invalid"):
+        with pytest.raises(CheckpointError, match=f"bad.safetensors: its recorded {key} is invalid"):
             resolve_model(tmp_path / "bad.safetensors", CPU)
 
 
