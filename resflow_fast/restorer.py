@@ -13,7 +13,7 @@ One restore (docs/design/architecture.md, "One restore, as data"):
 edges on every training crop, yet it still invents texture along them, on a flat image and in the
 outer pixels of a photograph. Mirrored context moves those edges off the picture; ``margin=0``
 restores the image exactly as the sampler would on its own. A weights file may record its
-model's margin: the `mix` model records 0, because its dehazing reads the statistics of the whole
+model's margin: the `mix` and `haze-snow` models record 0, because dehazing reads the statistics of the whole
 image, which a mirrored border shifts (BENCHMARKS.md, "Mirrored context at the borders", has
 the measurements).
 

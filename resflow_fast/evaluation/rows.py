@@ -62,10 +62,11 @@ DEFAULT_MODEL_ROW = "ResFlow `default` (what restore() uses when no model is nam
 
 def default_task_models() -> dict[str, str]:
     """Which embedded model restores each task: ``default`` for noise, JPEG and the clean
-    photograph (it is what a user gets with no model named), ``rain`` for rain, and ``mix`` for
-    haze and snow (both trained on all five degradations), each with ``default`` beside it;
-    docs/MODEL_CARD.md says how they compare. ``--model TASK=...`` evaluates another."""
-    return {"noise": "default", "jpeg": "default", "rain": "rain", "haze": "mix", "snow": "mix", "clean": "default"}
+    photograph (it is what a user gets with no model named), ``rain`` for rain, and ``haze-snow``
+    for haze and snow, each with ``default`` beside it; docs/MODEL_CARD.md says how they compare.
+    ``--model TASK=...`` evaluates another."""
+    return {"noise": "default", "jpeg": "default", "rain": "rain", "haze": "haze-snow", "snow": "haze-snow",
+            "clean": "default"}
 
 
 def settings_label(settings: SamplingSettings) -> str:

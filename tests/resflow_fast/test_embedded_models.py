@@ -177,17 +177,22 @@ def test_the_shipped_default_leaves_a_clean_photograph_nearly_alone(psnr01):
     assert psnr01(restored, clean) > 44.0
 
 
-def test_the_mix_model_dehazes_the_hazy_example_and_default_does_not(psnr01):
-    """`mix` is the model for rain, haze and snow. On examples/astronaut-hazy.png (13.1 dB) it
-    returns 18.6 dB at its recorded 1 step and margin 0, `default` 13.1 dB."""
+@pytest.mark.parametrize("example, gains", [("astronaut-hazy.png", (5.0, 0.05)), ("astronaut-snowy.png", (4.0, 4.0))])
+def test_the_haze_snow_model_clears_the_hazy_and_snowy_examples_beyond_mix_and_default(psnr01, example, gains):
+    """`haze-snow` is the model for haze and snow. At its recorded 1 step and margin 0, as
+    measured: examples/astronaut-hazy.png (13.13 dB) comes back at 18.78 dB, with `mix` 18.63 and
+    `default` 13.11 dB (on this one image the lead over `mix` is small; over the 26 held-out crops
+    it is about 0.5 dB); examples/astronaut-snowy.png (23.47 dB) at 27.89 dB, with `mix` 23.36
+    and `default` 23.48 dB."""
     from resflow_fast import restore
 
-    clean, hazy = _example("astronaut-clean.png"), Image.open(EXAMPLES / "astronaut-hazy.png")
-    before = psnr01(np.asarray(hazy, dtype=np.float64) / 255, clean)
-    by_model = {name: psnr01(np.asarray(restore(hazy, model=name), dtype=np.float64) / 255, clean)
-                for name in ("mix", "default")}
-    assert by_model["mix"] - before > 2.5
-    assert by_model["mix"] - by_model["default"] > 2.5
+    clean, degraded = _example("astronaut-clean.png"), Image.open(EXAMPLES / example)
+    before = psnr01(np.asarray(degraded, dtype=np.float64) / 255, clean)
+    by_model = {name: psnr01(np.asarray(restore(degraded, model=name), dtype=np.float64) / 255, clean)
+                for name in ("haze-snow", "mix", "default")}
+    gain, lead = gains
+    assert by_model["haze-snow"] - before > gain
+    assert by_model["haze-snow"] - max(by_model["mix"], by_model["default"]) > lead
 
 
 def test_the_rain_model_derains_the_rainy_example_where_mix_and_default_barely_do(psnr01):

@@ -43,12 +43,12 @@ def test_the_input_rows_metrics_are_scikit_images(small_result):
 
 
 def test_a_task_with_its_own_embedded_model_shows_the_default_beside_it(make_images):
-    """Haze goes to the embedded `mix` model; the blind `default` gets a row of its own, at its
+    """Haze goes to the embedded `haze-snow` model; the blind `default` gets a row of its own, at its
     recorded settings, so the report shows which measures better. Noise, JPEG and the clean
     photograph go to `default`, the model a user gets, and `default` itself (or the retired name
     `denoise`, which loads it) adds no such row."""
     assert all(default_task_models()[task] == "default" for task in ("noise", "jpeg", "clean"))
-    assert all(default_task_models()[task] == "mix" for task in ("haze", "snow"))
+    assert all(default_task_models()[task] == "haze-snow" for task in ("haze", "snow"))
     assert default_task_models()["rain"] == "rain"
     images = make_images()[:1]
     result = evaluate(images, [DEGRADATIONS["noise-15"], DEGRADATIONS["haze"]],
@@ -61,8 +61,8 @@ def test_a_task_with_its_own_embedded_model_shows_the_default_beside_it(make_ima
     assert {r["name"]: r["model"] for r in result.rows["haze"]}[DEFAULT_MODEL_ROW] == "default"
     by_row = {r["row"]: r["psnr"] for r in result.records if r["degradation"] == "haze"}
     assert by_row["ResFlow, 1 step"] != by_row[DEFAULT_MODEL_ROW]  # two models, two results
-    assert result.environment["task_models"]["haze"]["model"] == "mix"
-    assert "ResFlow model: `mix`" in render_markdown(result, "cmd")
+    assert result.environment["task_models"]["haze"]["model"] == "haze-snow"
+    assert "ResFlow model: `haze-snow`" in render_markdown(result, "cmd")
     retired = evaluate(images, [DEGRADATIONS["noise-15"]], {"noise": "denoise"}, steps=(1,), baselines=(),
                        device="cpu", progress=False)
     assert [r["name"] for r in retired.rows["noise-15"]][2:] == ["ResFlow, 1 step"]
