@@ -86,6 +86,7 @@ import torch.nn.functional as F
 
 from .imageio import ResflowInputError, split_image
 from .embedded_models import LoadedModel, resolve_model
+# MIN_TILE_SIDE, the smallest side tile= accepts, is the one a weights file may record as well.
 from .reference.checkpoint import MIN_TILE_SIDE, check_margin
 from .reference.sampler import PAPER_SAMPLING, SamplingSettings, auxiliary_noise, euler_sample
 from .reference.schedule import Schedule
@@ -107,8 +108,6 @@ DEFAULT_OVERLAP = 32
 #: along the borders of a flat image; with the context those edges fall outside the picture
 #: (BENCHMARKS.md, "Mirrored context at the borders", has the measurement).
 DEFAULT_MARGIN = 16
-#: Smallest tile side ``tile=`` accepts: ``reference.checkpoint.MIN_TILE_SIDE`` (re-exported here),
-#: which also bounds the side a weights file may record.
 #: Largest seed: the auxiliary noise's generator takes 64 bits.
 MAX_SEED = 2**64 - 1
 #: Smallest tile side the memory budget and the out-of-memory retries go down to.

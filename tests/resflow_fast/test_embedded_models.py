@@ -235,10 +235,10 @@ def test_the_pixel_sizes_a_weights_file_records_are_loaded_and_checked(tmp_path,
             resolve_model(tmp_path / "bad.safetensors", CPU)
 
 
-def test_the_shipped_mix_model_records_no_margin_and_default_records_none():
-    """`mix` dehazes from the whole image's statistics, which a mirrored border shifts: it records
-    margin 0; `default` records none, so it gets the restorer's default."""
-    assert resolve_model("mix", CPU).margin == 0
+def test_the_shipped_dehazers_record_no_margin_and_default_records_none():
+    """`mix` and `haze-snow` dehaze from the whole image's statistics, which a mirrored border
+    shifts: they record margin 0; `default` records none, so it gets the restorer's default."""
+    assert resolve_model("mix", CPU).margin == 0 and resolve_model("haze-snow", CPU).margin == 0
     assert resolve_model("default", CPU).margin is None
 
 
@@ -246,7 +246,7 @@ def test_the_shipped_rain_model_records_small_tiles_and_the_others_none():
     """`rain` removes streaks best in 96-px tiles (docs/MODEL_CARD.md); the others take the
     restorer's default tiles."""
     assert resolve_model("rain", CPU).tile == 96
-    assert resolve_model("default", CPU).tile is None and resolve_model("mix", CPU).tile is None
+    assert all(resolve_model(name, CPU).tile is None for name in ("default", "mix", "haze-snow"))
 
 
 def test_invalid_recorded_sampling_settings_are_a_clear_error(tmp_path, unet):
