@@ -23,7 +23,7 @@ from .rows import ABLATION_DIR, ABLATIONS, STEPS, default_task_models, evaluate
 __all__ = ["DESCRIPTION", "add_arguments", "main", "run"]
 
 DESCRIPTION = ("Measure the embedded models against classical restorers on held-out photographs and write "
-               "EVAL.md, eval.json and eval-figure.png into --out-dir (52.5 min with 2 threads on a 2-core "
+               "EVAL.md, eval.json and eval-figure.png into --out-dir (36-53 min with 2 threads on a 2-core "
                f"CPU). From the repository root, `{REGENERATE_COMMAND}` regenerates the repository's copy.")
 
 
