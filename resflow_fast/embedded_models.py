@@ -46,7 +46,8 @@ EMBEDDED_MODELS: dict[str, str] = {
     "default": "the blind model for Gaussian noise (sigma 0-50, colour and grey) and JPEG (quality 10-50), "
                "trained on photographs; it gives a clean photograph back nearly unchanged (docs/MODEL_CARD.md)",
     "mix": "an earlier default model fine-tuned on the package's synthetic mix (noise, JPEG, rain, haze, snow): "
-           "the one model for all five, behind `default`, `rain` and `haze-snow` on each (docs/MODEL_CARD.md)",
+           "behind `default`, `rain` and `haze-snow` on each, and it makes JPEG worse and changes clean photographs, "
+           "as `rain` and `haze-snow` do (docs/MODEL_CARD.md)",
     "rain": "the photograph-trained `default` fine-tuned on the same synthetic mix: the model for rain (about 4 dB "
             "ahead of `mix` there) (docs/MODEL_CARD.md)",
     "haze-snow": "`mix` fine-tuned on synthetic haze and snow alone, on photographs at 256-px crops: the model for "
