@@ -52,6 +52,7 @@ class TrainConfig:
     beta: float = 10.0
     gamma: float = 1.75
     loss_weight_floor: float = 0.0     # max(lambda(t), floor); 0 is the paper's weight (Schedule.weight_floor)
+    endpoint_fraction: float = 0.0     # share of samples trained at t = 1 instead of t ~ U(0, 1); 0 is the paper's
     image_channels: int = 3
     dropout: float = 0.0
     data: str | list[str] = "procedural"  # "procedural", a folder of clean images, a folder with lq/ and hq/,
@@ -99,6 +100,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_steps must not be negative, got {self.warmup_steps!r}")
         if not isinstance(self.data_workers, int) or isinstance(self.data_workers, bool) or self.data_workers < 0:
             raise ValueError(f"TrainConfig.data_workers must be an integer >= 0, got {self.data_workers!r}")
+        if not (isinstance(self.endpoint_fraction, (int, float)) and not isinstance(self.endpoint_fraction, bool)
+                and 0.0 <= self.endpoint_fraction <= 1.0):
+            raise ValueError(f"TrainConfig.endpoint_fraction must be a share in [0, 1], got {self.endpoint_fraction!r}")
         if self.max_minutes is not None and not (self.max_minutes > 0 and math.isfinite(self.max_minutes)):
             raise ValueError(f"TrainConfig.max_minutes must be positive (or None: no time limit), got {self.max_minutes!r}")
         # validates the schedule name and constants
@@ -280,6 +284,10 @@ class Trainer:
         gen = _step_generator(cfg.seed, self.step, self.rank)
         t = torch.rand(hq.shape[0], generator=gen).to(self.device)
         eps = torch.randn(hq.shape, generator=gen).to(self.device) if self.schedule.has_auxiliary else None
+        if cfg.endpoint_fraction:
+            # Drawn after eps, so t and eps of the other samples stay those of the paper's stream.
+            at_endpoint = torch.rand(hq.shape[0], generator=gen) < cfg.endpoint_fraction
+            t = torch.where(at_endpoint.to(self.device), torch.ones_like(t), t)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
 
@@ -381,7 +389,7 @@ class Trainer:
         fine-tune on other data, say) but said out loud."""
         changed = [f"{n}: {getattr(saved, n)!r} -> {getattr(self.config, n)!r}"
                    for n in ("seed", "batch_size", "crop", "data", "degradation", "grey_fraction", "flat_fraction",
-                             "flat_grey_share", "file_weighting") if getattr(saved, n) != getattr(self.config, n)]
+                             "flat_grey_share", "file_weighting", "endpoint_fraction") if getattr(saved, n) != getattr(self.config, n)]
         if record.get("world_size", self.world_size) != self.world_size:
             changed.append(f"world_size: {record.get('world_size')} -> {self.world_size}")
         if changed and self.rank == 0:

@@ -454,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gamma", type=float)
     t.add_argument("--loss-weight-floor", dest="loss_weight_floor", type=float,
                    help="train with max(lambda(t), FLOOR) (0, the paper's weight, by default)")
+    t.add_argument("--endpoint-fraction", dest="endpoint_fraction", type=float,
+                   help="share of samples trained at t = 1, the only time a 1-step restore evaluates, instead "
+                        "of t drawn from U(0, 1) (0, the paper's sampling, by default)")
     t.add_argument("--data", action="append",
                    help='"procedural", a folder of clean images, or a folder with lq/ and hq/; '
                         'repeat to interleave several sources')

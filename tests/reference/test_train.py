@@ -167,6 +167,48 @@ def test_loss_weight_floor_grey_flat_and_weighting_reach_the_run(tmp_path):
         _tiny(tmp_path, loss_weight_floor=2.0)
 
 
+def _times_drawn(trainer, steps):
+    """The t of every sample of the trainer's next ``steps`` steps, and the eps of the first."""
+    seen = []
+
+    def spy(net, hq, lq, t, eps, schedule):
+        seen.append((t.clone(), eps.clone()))
+        return velocity_matching_loss(net, hq, lq, t, eps, schedule)
+
+    trainer.loss_fn = spy
+    for _ in range(steps):
+        trainer.train_step()
+    return torch.cat([t for t, _ in seen]), seen[0][1]
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+def test_endpoint_fraction_trains_that_share_at_t_1_and_keeps_the_rest_of_the_stream(tmp_path, fraction):
+    paper_t, paper_eps = _times_drawn(Trainer(_tiny(tmp_path / "paper", batch_size=8), progress=False), 8)
+    t, eps = _times_drawn(Trainer(_tiny(tmp_path / "end", batch_size=8, endpoint_fraction=fraction),
+                                  progress=False), 8)
+    at_one = t == 1.0
+    assert not (paper_t == 1.0).any()
+    if fraction == 1.0:
+        assert at_one.all()
+    else:  # 64 draws: a share far from one half would mean the mask is not a fair coin
+        assert 16 <= int(at_one.sum()) <= 48
+    # the other samples keep the t and eps the paper's sampling draws for them
+    torch.testing.assert_close(t[~at_one], paper_t[~at_one], rtol=0, atol=0)
+    torch.testing.assert_close(eps, paper_eps, rtol=0, atol=0)
+
+
+def test_endpoint_fraction_is_recorded_and_checked(tmp_path):
+    trainer = Trainer(_tiny(tmp_path, steps=1, endpoint_fraction=0.25), progress=False)
+    trainer.fit()
+    record = json.loads((latest_checkpoint(tmp_path / "run") / "record.json").read_text())
+    assert record["train"]["endpoint_fraction"] == 0.25
+    with pytest.warns(UserWarning, match=r"endpoint_fraction: 0.25 -> 0.0"):
+        Trainer(_tiny(tmp_path, steps=2), resume=True, progress=False)
+    for bad in (-0.1, 1.5, float("nan"), True, "half"):
+        with pytest.raises(ValueError, match="endpoint_fraction must be a share in"):
+            _tiny(tmp_path, endpoint_fraction=bad)
+
+
 def test_bad_configs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown U-Net preset 'huge'"):
         _tiny(tmp_path, preset="huge")
