@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_model,
                          load_state_strict, load_training_checkpoint, save_training_checkpoint)
-from .data import build_dataset, validation_set
+from .data import _check_fraction, build_dataset, validation_set
 from .losses import velocity_matching_loss
 from .metrics import psnr
 from .sampler import euler_sample
@@ -100,9 +100,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_steps must not be negative, got {self.warmup_steps!r}")
         if not isinstance(self.data_workers, int) or isinstance(self.data_workers, bool) or self.data_workers < 0:
             raise ValueError(f"TrainConfig.data_workers must be an integer >= 0, got {self.data_workers!r}")
-        if not (isinstance(self.endpoint_fraction, (int, float)) and not isinstance(self.endpoint_fraction, bool)
-                and 0.0 <= self.endpoint_fraction <= 1.0):
-            raise ValueError(f"TrainConfig.endpoint_fraction must be a share in [0, 1], got {self.endpoint_fraction!r}")
+        self.endpoint_fraction = _check_fraction("TrainConfig.endpoint_fraction", self.endpoint_fraction)
         if self.max_minutes is not None and not (self.max_minutes > 0 and math.isfinite(self.max_minutes)):
             raise ValueError(f"TrainConfig.max_minutes must be positive (or None: no time limit), got {self.max_minutes!r}")
         # validates the schedule name and constants

@@ -205,7 +205,7 @@ def test_endpoint_fraction_is_recorded_and_checked(tmp_path):
     with pytest.warns(UserWarning, match=r"endpoint_fraction: 0.25 -> 0.0"):
         Trainer(_tiny(tmp_path, steps=2), resume=True, progress=False)
     for bad in (-0.1, 1.5, float("nan"), True, "half"):
-        with pytest.raises(ValueError, match="endpoint_fraction must be a share in"):
+        with pytest.raises(ValueError, match=r"endpoint_fraction must be a number in \[0, 1\]"):
             _tiny(tmp_path, endpoint_fraction=bad)
 
 
